@@ -1,0 +1,328 @@
+package token
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// Registered and Postern claim names that Claims models as fields. Every
+// other claim lands in Claims.Extra.
+var knownClaims = map[string]bool{
+	"iss": true, "sub": true, "aud": true, "exp": true, "nbf": true, "iat": true,
+	"jti": true, "client_id": true, "scope": true, "act": true, "may_act": true,
+	"cnf": true, "sid": true,
+}
+
+// IsRegistered reports whether name is a claim that Claims models as a field
+// (and that therefore can never be carried over as a user claim).
+func IsRegistered(name string) bool { return knownClaims[name] }
+
+// Actor is one party in a delegation chain (RFC 8693 §4.1 "act", §4.4
+// "may_act"). Actor.Actor is the party that acted before it.
+type Actor struct {
+	Subject string `json:"sub"`
+	Issuer  string `json:"iss,omitempty"`
+	Actor   *Actor `json:"act,omitempty"`
+}
+
+// Chain returns the subjects of the actor chain starting at a, newest first.
+// A nil chain returns nil.
+func (a *Actor) Chain() []string {
+	var out []string
+	for cur := a; cur != nil; cur = cur.Actor {
+		out = append(out, cur.Subject)
+	}
+	return out
+}
+
+// Depth returns the number of actors in the chain starting at a.
+func (a *Actor) Depth() int {
+	n := 0
+	for cur := a; cur != nil; cur = cur.Actor {
+		n++
+	}
+	return n
+}
+
+// Confirmation is the "cnf" claim (RFC 7800). Postern binds tokens to the
+// caller's certificate with the RFC 8705 §3 SHA-256 thumbprint.
+type Confirmation struct {
+	X5tS256 string `json:"x5t#S256,omitempty"`
+}
+
+// Claims is the claim set of a JWT as Postern understands it.
+type Claims struct {
+	Issuer    string
+	Subject   string
+	Audience  []string
+	Expiry    time.Time
+	NotBefore time.Time
+	IssuedAt  time.Time
+	ID        string        // jti
+	ClientID  string        // client_id (RFC 9068)
+	Scope     string        // space-separated scopes
+	Act       *Actor        // the current actor and, nested, earlier ones
+	MayAct    *Actor        // who may act for the subject (RFC 8693 §4.4)
+	Cnf       *Confirmation // certificate binding
+	SessionID string        // sid: id of the first token of this delegation chain
+	// Extra holds every other claim, as decoded by encoding/json.
+	Extra map[string]any
+
+	// cnfOther is set when the decoded cnf claim had confirmation members
+	// other than x5t#S256 (such as a DPoP "jkt"): a binding Postern cannot
+	// check, so CheckBinding refuses the token.
+	cnfOther bool
+}
+
+// Scopes returns the space-separated scope claim as a slice.
+func (c *Claims) Scopes() []string { return strings.Fields(c.Scope) }
+
+// HasAudience reports whether aud is one of the token's audiences.
+func (c *Claims) HasAudience(aud string) bool {
+	for _, a := range c.Audience {
+		if a == aud {
+			return true
+		}
+	}
+	return false
+}
+
+// Map returns every claim as a map of JSON-compatible values, the form policy
+// conditions see.
+func (c *Claims) Map() map[string]any {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return map[string]any{}
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return map[string]any{}
+	}
+	return m
+}
+
+type wireClaims struct {
+	Issuer    string        `json:"iss,omitempty"`
+	Subject   string        `json:"sub,omitempty"`
+	Audience  any           `json:"aud,omitempty"`
+	Expiry    int64         `json:"exp,omitempty"`
+	NotBefore int64         `json:"nbf,omitempty"`
+	IssuedAt  int64         `json:"iat,omitempty"`
+	ID        string        `json:"jti,omitempty"`
+	ClientID  string        `json:"client_id,omitempty"`
+	Scope     string        `json:"scope,omitempty"`
+	Act       *Actor        `json:"act,omitempty"`
+	MayAct    *Actor        `json:"may_act,omitempty"`
+	Cnf       *Confirmation `json:"cnf,omitempty"`
+	SessionID string        `json:"sid,omitempty"`
+}
+
+func unix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// MarshalJSON encodes the claims as a JWT claim set. A single audience is
+// encoded as a string, several as an array. Extra claims never override the
+// modelled ones.
+func (c *Claims) MarshalJSON() ([]byte, error) {
+	w := wireClaims{
+		Issuer: c.Issuer, Subject: c.Subject,
+		Expiry: unix(c.Expiry), NotBefore: unix(c.NotBefore), IssuedAt: unix(c.IssuedAt),
+		ID: c.ID, ClientID: c.ClientID, Scope: c.Scope,
+		Act: c.Act, MayAct: c.MayAct, Cnf: c.Cnf, SessionID: c.SessionID,
+	}
+	switch len(c.Audience) {
+	case 0:
+	case 1:
+		w.Audience = c.Audience[0]
+	default:
+		w.Audience = c.Audience
+	}
+	known, err := json.Marshal(&w)
+	if err != nil {
+		return nil, err
+	}
+	extra := make(map[string]any, len(c.Extra))
+	for k, v := range c.Extra {
+		if !knownClaims[k] {
+			extra[k] = v
+		}
+	}
+	if len(extra) == 0 {
+		return known, nil
+	}
+	eb, err := json.Marshal(extra)
+	if err != nil {
+		return nil, fmt.Errorf("token: encode claims: %w", err)
+	}
+	if len(known) == 2 { // "{}"
+		return eb, nil
+	}
+	out := make([]byte, 0, len(known)+len(eb))
+	out = append(out, known[:len(known)-1]...)
+	out = append(out, ',')
+	out = append(out, eb[1:]...)
+	return out, nil
+}
+
+// maxJSONDepth bounds the nesting of a claim set; act chains are capped far
+// below it by the token service.
+const maxJSONDepth = 32
+
+// UnmarshalJSON decodes a JWT claim set strictly: registered claims must have
+// their registered types, and nesting is bounded.
+func (c *Claims) UnmarshalJSON(b []byte) error {
+	if err := checkDepth(b, maxJSONDepth); err != nil {
+		return err
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil || raw == nil {
+		return fmt.Errorf("claims are not a JSON object")
+	}
+	*c = Claims{}
+	var err error
+	for k, v := range raw {
+		if knownClaims[k] && bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+			return fmt.Errorf("claim %q is null", k)
+		}
+	}
+	str := func(name string, dst *string) {
+		if v, ok := raw[name]; ok && err == nil {
+			if e := json.Unmarshal(v, dst); e != nil {
+				err = fmt.Errorf("claim %q must be a string", name)
+			}
+		}
+	}
+	date := func(name string, dst *time.Time) {
+		v, ok := raw[name]
+		if !ok || err != nil {
+			return
+		}
+		var f float64
+		if e := json.Unmarshal(v, &f); e != nil || math.IsNaN(f) || f < 0 || f > 1e11 {
+			err = fmt.Errorf("claim %q must be a NumericDate", name)
+			return
+		}
+		sec, frac := math.Modf(f)
+		*dst = time.Unix(int64(sec), int64(frac*1e9)).UTC()
+	}
+	actor := func(name string, dst **Actor) {
+		v, ok := raw[name]
+		if !ok || err != nil {
+			return
+		}
+		var a Actor
+		if e := json.Unmarshal(v, &a); e != nil {
+			err = fmt.Errorf("claim %q must be an actor object", name)
+			return
+		}
+		for cur := &a; cur != nil; cur = cur.Actor {
+			if cur.Subject == "" {
+				err = fmt.Errorf("claim %q has an actor without \"sub\"", name)
+				return
+			}
+		}
+		*dst = &a
+	}
+	str("iss", &c.Issuer)
+	str("sub", &c.Subject)
+	str("jti", &c.ID)
+	str("client_id", &c.ClientID)
+	str("scope", &c.Scope)
+	str("sid", &c.SessionID)
+	date("exp", &c.Expiry)
+	date("nbf", &c.NotBefore)
+	date("iat", &c.IssuedAt)
+	actor("act", &c.Act)
+	actor("may_act", &c.MayAct)
+	if v, ok := raw["aud"]; ok && err == nil {
+		var one string
+		if e := json.Unmarshal(v, &one); e == nil {
+			c.Audience = []string{one}
+		} else if e := json.Unmarshal(v, &c.Audience); e != nil {
+			err = errors.New(`claim "aud" must be a string or an array of strings`)
+		}
+	}
+	if v, ok := raw["cnf"]; ok && err == nil {
+		var cnf Confirmation
+		var members map[string]json.RawMessage
+		if e := json.Unmarshal(v, &cnf); e != nil {
+			err = errors.New(`claim "cnf" must be an object`)
+		} else if e := json.Unmarshal(v, &members); e != nil {
+			err = errors.New(`claim "cnf" must be an object`)
+		} else {
+			c.Cnf = &cnf
+			for m := range members {
+				if m != "x5t#S256" {
+					c.cnfOther = true
+				}
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	for k, v := range raw {
+		if knownClaims[k] {
+			continue
+		}
+		var x any
+		if e := json.Unmarshal(v, &x); e != nil {
+			return fmt.Errorf("claim %q is not valid JSON", k)
+		}
+		if c.Extra == nil {
+			c.Extra = make(map[string]any, len(raw))
+		}
+		c.Extra[k] = x
+	}
+	return nil
+}
+
+// checkDepth returns an error when the JSON in b nests deeper than max.
+// It does not validate the JSON; the decoder does that.
+func checkDepth(b []byte, max int) error {
+	depth := 0
+	inString, escaped := false, false
+	for _, ch := range b {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case ch == '\\':
+				escaped = true
+			case ch == '"':
+				inString = false
+			}
+			continue
+		}
+		switch ch {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+			if depth > max {
+				return fmt.Errorf("claims nest deeper than %d levels", max)
+			}
+		case '}', ']':
+			depth--
+		}
+	}
+	return nil
+}
+
+// decodeClaims decodes a verified payload.
+func decodeClaims(payload []byte) (*Claims, error) {
+	var c Claims
+	if err := json.Unmarshal(bytes.TrimSpace(payload), &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
