@@ -1,0 +1,277 @@
+package sts
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"postern.dev/postern/internal/store"
+	"postern.dev/postern/internal/token"
+)
+
+// revocations is the in-memory revoked set: single tokens by jti and token
+// families by sid, each remembered until the latest token it covers expires.
+type revocations struct {
+	mu   sync.RWMutex
+	jtis map[string]time.Time
+	sids map[string]time.Time
+}
+
+func newRevocations() *revocations {
+	return &revocations{jtis: map[string]time.Time{}, sids: map[string]time.Time{}}
+}
+
+func (r *revocations) isRevoked(c *token.Claims) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if len(r.jtis) == 0 && len(r.sids) == 0 {
+		return false
+	}
+	if _, ok := r.jtis[c.ID]; ok && c.ID != "" {
+		return true
+	}
+	if _, ok := r.sids[c.SessionID]; ok && c.SessionID != "" {
+		return true
+	}
+	return false
+}
+
+func (r *revocations) add(kind, id string, exp time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.jtis
+	if kind == "sid" {
+		m = r.sids
+	}
+	if cur, ok := m[id]; !ok || exp.After(cur) {
+		m[id] = exp
+	}
+}
+
+func (r *revocations) replace(list []store.Revocation) {
+	jtis, sids := map[string]time.Time{}, map[string]time.Time{}
+	for _, rv := range list {
+		switch rv.Kind {
+		case "jti":
+			jtis[rv.ID] = rv.ExpiresAt
+		case "sid":
+			sids[rv.ID] = rv.ExpiresAt
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Keep what this process added but the store has not shown yet.
+	for k, v := range r.jtis {
+		if _, ok := jtis[k]; !ok {
+			jtis[k] = v
+		}
+	}
+	for k, v := range r.sids {
+		if _, ok := sids[k]; !ok {
+			sids[k] = v
+		}
+	}
+	r.jtis, r.sids = jtis, sids
+}
+
+func (r *revocations) purge(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, v := range r.jtis {
+		if now.After(v) {
+			delete(r.jtis, k)
+		}
+	}
+	for k, v := range r.sids {
+		if now.After(v) {
+			delete(r.sids, k)
+		}
+	}
+}
+
+// LoadRevocations merges the store's revocations into memory (replicas
+// share revocations through the store) and forgets expired ones.
+func (s *Service) LoadRevocations(ctx context.Context) error {
+	now := s.cfg.Now()
+	list, err := s.cfg.Store.Revocations(ctx, now)
+	if err != nil {
+		return err
+	}
+	s.revoked.replace(list)
+	s.revoked.purge(now)
+	return nil
+}
+
+// Revoke revokes one token by its claims; with family it revokes every token
+// descending from the same first issuance. It persists before it answers.
+func (s *Service) Revoke(ctx context.Context, c *token.Claims, family bool) error {
+	// A family's tokens never outlive their first token's session by more
+	// than the longest lifetime; remember it for a day to be safe.
+	exp := c.Expiry.Add(s.cfg.Leeway)
+	kind, id := "jti", c.ID
+	if family {
+		kind, id = "sid", c.SessionID
+		exp = s.cfg.Now().Add(24 * time.Hour)
+	}
+	if id == "" {
+		return nil
+	}
+	if err := s.cfg.Store.PutRevocation(ctx, store.Revocation{Kind: kind, ID: id, ExpiresAt: exp, CreatedAt: s.cfg.Now()}); err != nil {
+		return err
+	}
+	s.revoked.add(kind, id, exp)
+	return nil
+}
+
+// handleRevoke is RFC 7009. The client must be authenticated and may revoke
+// tokens addressed to it or issued to it. The extension parameter
+// "revoke_family=true" revokes the token's whole family. Tokens that are not
+// valid tokens of this STS are answered with 200, as the RFC asks.
+func (s *Service) handleRevoke(w http.ResponseWriter, r *http.Request) {
+	st := s.state.Load()
+	if st == nil {
+		writeError(w, oauthErr(codeServerError, "the token service has no policy loaded yet").withStatus(http.StatusServiceUnavailable))
+		return
+	}
+	f, oerr := readForm(w, r, s.cfg.MaxBodyBytes)
+	if oerr != nil {
+		writeError(w, oerr)
+		return
+	}
+	c, oerr := s.authenticate(r.Context(), r, f, st)
+	if oerr != nil {
+		writeError(w, oerr)
+		return
+	}
+	raw := f.get("token")
+	if raw == "" {
+		writeError(w, oauthErr(codeInvalidRequest, "token is required"))
+		return
+	}
+	switch hint := f.get("token_type_hint"); hint {
+	case "", "access_token":
+	default:
+		writeError(w, oauthErr(codeUnsupportedTokenType, "only access tokens can be revoked"))
+		return
+	}
+	family := false
+	switch f.get("revoke_family") {
+	case "", "false":
+	case "true":
+		family = true
+	default:
+		writeError(w, oauthErr(codeInvalidRequest, "revoke_family must be true or false"))
+		return
+	}
+	claims, err := s.self.Verify(r.Context(), raw)
+	decisionID := token.NewID()
+	if err != nil {
+		s.cfg.Audit.LogAttrs(r.Context(), slog.LevelInfo, "revoke",
+			slog.String("decision_id", decisionID), slog.String("client", c.id),
+			slog.String("outcome", "ignored"), slog.String("reason", "not a valid token of this issuer"))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if !claims.HasAudience(c.audience) && claims.ClientID != c.id {
+		writeError(w, oauthErr(codeUnauthorizedClient, "a client may revoke only tokens issued to it or addressed to it"))
+		return
+	}
+	if err := s.Revoke(r.Context(), claims, family); err != nil {
+		s.cfg.Logger.Error("could not persist revocation", slog.String("decision_id", decisionID), slog.String("error", err.Error()))
+		writeError(w, oauthErr(codeServerError, "could not record the revocation; try again").withStatus(http.StatusServiceUnavailable))
+		return
+	}
+	s.cfg.Audit.LogAttrs(r.Context(), slog.LevelInfo, "revoke",
+		slog.String("decision_id", decisionID), slog.String("client", c.id),
+		slog.String("outcome", "revoked"), slog.String("subject", claims.Subject),
+		slog.String("jti", claims.ID), slog.String("sid", claims.SessionID), slog.Bool("family", family))
+	w.WriteHeader(http.StatusOK)
+}
+
+// handleIntrospect is RFC 7662. The client must be authenticated; it learns
+// about tokens addressed to it or issued to it, and "active": false for any
+// other token.
+func (s *Service) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	st := s.state.Load()
+	if st == nil {
+		writeError(w, oauthErr(codeServerError, "the token service has no policy loaded yet").withStatus(http.StatusServiceUnavailable))
+		return
+	}
+	f, oerr := readForm(w, r, s.cfg.MaxBodyBytes)
+	if oerr != nil {
+		writeError(w, oerr)
+		return
+	}
+	c, oerr := s.authenticate(r.Context(), r, f, st)
+	if oerr != nil {
+		writeError(w, oerr)
+		return
+	}
+	raw := f.get("token")
+	if raw == "" {
+		writeError(w, oauthErr(codeInvalidRequest, "token is required"))
+		return
+	}
+	inactive := map[string]bool{"active": false}
+	claims, err := s.self.Verify(r.Context(), raw)
+	if err != nil || s.revoked.isRevoked(claims) || (!claims.HasAudience(c.audience) && claims.ClientID != c.id) {
+		writeJSON(w, http.StatusOK, inactive)
+		return
+	}
+	out := map[string]any{}
+	for k, v := range claims.Map() {
+		out[k] = v
+	}
+	out["active"] = true
+	out["token_type"] = "Bearer"
+	if len(claims.Audience) == 1 {
+		out["aud"] = claims.Audience[0]
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Service) handleJWKS(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, oauthErr(codeInvalidRequest, "the endpoint takes GET").withStatus(http.StatusMethodNotAllowed))
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/jwk-set+json")
+	h.Set("Cache-Control", "public, max-age="+itoa(int64(s.cfg.Keys.MaxAge()/time.Second)))
+	_, _ = w.Write(s.cfg.Keys.JWKS())
+}
+
+func (s *Service) handleDiscovery(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, oauthErr(codeInvalidRequest, "the endpoint takes GET").withStatus(http.StatusMethodNotAllowed))
+		return
+	}
+	auth := []string{AuthTLSClient, AuthJWTSPIFFE, AuthPrivateKey, AuthSecretBasic}
+	doc := map[string]any{
+		"issuer":                                s.cfg.Issuer,
+		"token_endpoint":                        s.TokenEndpoint(),
+		"jwks_uri":                              s.cfg.Issuer + PathJWKS,
+		"introspection_endpoint":                s.cfg.Issuer + PathIntrospect,
+		"revocation_endpoint":                   s.cfg.Issuer + PathRevoke,
+		"grant_types_supported":                 []string{GrantTokenExchange, GrantClientCredentials, GrantJWTBearer},
+		"token_endpoint_auth_methods_supported": auth,
+		"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "ES384", "EdDSA", "RS256", "PS256"},
+		"introspection_endpoint_auth_methods_supported":    auth,
+		"revocation_endpoint_auth_methods_supported":       auth,
+		"tls_client_certificate_bound_access_tokens":       true,
+		"response_types_supported":                         []string{},
+		"subject_types_supported":                          []string{"public"},
+		"id_token_signing_alg_values_supported":            []string{string(s.cfg.Keys.Current().Algorithm)},
+	}
+	if strings.HasSuffix(r.URL.Path, "openid-configuration") {
+		doc["scopes_supported"] = []string{}
+	}
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	w.Header().Set("Content-Type", "application/json")
+	writeJSONNoStore(w, doc)
+}
