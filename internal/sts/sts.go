@@ -152,7 +152,9 @@ func New(cfg Config) (*Service, error) {
 		cfg.Leeway = 30 * time.Second
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+		// No redirects: a key set is fetched from exactly where it is
+		// configured, never from wherever a response points.
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

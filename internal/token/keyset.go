@@ -122,7 +122,8 @@ type RemoteKeySet struct {
 	state atomic.Pointer[remoteState]
 
 	mu          sync.Mutex // serialises fetches
-	lastAttempt time.Time
+	lastAttempt time.Time  // last fetch of any kind
+	lastKid     time.Time  // last fetch caused by an unknown kid
 	lastErr     error
 }
 
@@ -148,7 +149,9 @@ func NewRemoteKeySet(cfg RemoteConfig) (*RemoteKeySet, error) {
 		}
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+		// No redirects: a key set is fetched from exactly where it is
+		// configured, never from wherever a response points.
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	if cfg.MinRefreshInterval <= 0 {
 		cfg.MinRefreshInterval = 10 * time.Second
@@ -182,7 +185,15 @@ func (r *RemoteKeySet) Key(ctx context.Context, kid string) (jose.JSONWebKey, er
 			return k, nil
 		}
 	}
-	if err := r.refresh(ctx, false); err != nil && r.state.Load() == nil {
+	limiter := &r.lastAttempt
+	if r.state.Load() != nil {
+		// Keys are loaded but this kid is not among them: the issuer may
+		// have rotated since the last fetch. Unknown kids have their own
+		// rate limit, so a rotation right after a scheduled fetch is still
+		// seen, and a flood of made-up kids costs one fetch per interval.
+		limiter = &r.lastKid
+	}
+	if err := r.refreshLimited(ctx, limiter); err != nil && r.state.Load() == nil {
 		return jose.JSONWebKey{}, fmt.Errorf("%w: %v", ErrKeysUnavailable, err)
 	}
 	st := r.state.Load()
@@ -197,11 +208,25 @@ func (r *RemoteKeySet) Key(ctx context.Context, kid string) (jose.JSONWebKey, er
 func (r *RemoteKeySet) Refresh(ctx context.Context) error { return r.refresh(ctx, false) }
 
 func (r *RemoteKeySet) refresh(ctx context.Context, force bool) error {
+	if force {
+		return r.refreshLimited(ctx, nil)
+	}
+	return r.refreshLimited(ctx, &r.lastAttempt)
+}
+
+// refreshLimited fetches unless *limiter (guarded by mu) is within the
+// refresh interval; a nil limiter always fetches.
+func (r *RemoteKeySet) refreshLimited(ctx context.Context, limiter *time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.cfg.Now()
-	if !force && !r.lastAttempt.IsZero() && now.Sub(r.lastAttempt) < r.cfg.MinRefreshInterval {
+	if limiter != nil && !limiter.IsZero() && now.Sub(*limiter) < r.cfg.MinRefreshInterval {
 		return r.lastErr
+	}
+	var prevLimit time.Time
+	if limiter != nil {
+		prevLimit = *limiter
+		*limiter = now
 	}
 	prevAttempt, prevErr := r.lastAttempt, r.lastErr
 	r.lastAttempt = now
@@ -211,6 +236,9 @@ func (r *RemoteKeySet) refresh(ctx context.Context, force bool) error {
 		// The caller gave up; that says nothing about the issuer, so it
 		// must not use up the refresh interval for every other caller.
 		r.lastAttempt, r.lastErr = prevAttempt, prevErr
+		if limiter != nil {
+			*limiter = prevLimit
+		}
 		return err
 	}
 	if err != nil {
