@@ -95,13 +95,65 @@ func (c *Claims) HasAudience(aud string) bool {
 // Map returns every claim as a map of JSON-compatible values, the form policy
 // conditions see.
 func (c *Claims) Map() map[string]any {
-	b, err := json.Marshal(c)
-	if err != nil {
-		return map[string]any{}
+	m := make(map[string]any, len(c.Extra)+13)
+	for k, v := range c.Extra {
+		if !knownClaims[k] {
+			m[k] = v
+		}
 	}
-	m := map[string]any{}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return map[string]any{}
+	put := func(k, v string) {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	date := func(k string, t time.Time) {
+		if !t.IsZero() {
+			m[k] = float64(t.Unix())
+		}
+	}
+	put("iss", c.Issuer)
+	put("sub", c.Subject)
+	put("jti", c.ID)
+	put("client_id", c.ClientID)
+	put("scope", c.Scope)
+	put("sid", c.SessionID)
+	date("exp", c.Expiry)
+	date("nbf", c.NotBefore)
+	date("iat", c.IssuedAt)
+	switch len(c.Audience) {
+	case 0:
+	case 1:
+		m["aud"] = c.Audience[0]
+	default:
+		aud := make([]any, len(c.Audience))
+		for i, a := range c.Audience {
+			aud[i] = a
+		}
+		m["aud"] = aud
+	}
+	if c.Act != nil {
+		m["act"] = c.Act.toMap()
+	}
+	if c.MayAct != nil {
+		m["may_act"] = c.MayAct.toMap()
+	}
+	if c.Cnf != nil {
+		cnf := map[string]any{}
+		if c.Cnf.X5tS256 != "" {
+			cnf["x5t#S256"] = c.Cnf.X5tS256
+		}
+		m["cnf"] = cnf
+	}
+	return m
+}
+
+func (a *Actor) toMap() map[string]any {
+	m := map[string]any{"sub": a.Subject}
+	if a.Issuer != "" {
+		m["iss"] = a.Issuer
+	}
+	if a.Actor != nil {
+		m["act"] = a.Actor.toMap()
 	}
 	return m
 }
@@ -183,107 +235,141 @@ func (c *Claims) UnmarshalJSON(b []byte) error {
 	if err := checkDepth(b, maxJSONDepth); err != nil {
 		return err
 	}
-	var raw map[string]json.RawMessage
+	// One pass into generic values, then strict conversion of the
+	// registered claims: decoding each claim again would parse the payload
+	// twice on the hot path of every exchange.
+	var raw map[string]any
 	if err := json.Unmarshal(b, &raw); err != nil || raw == nil {
 		return fmt.Errorf("claims are not a JSON object")
 	}
 	*c = Claims{}
-	var err error
 	for k, v := range raw {
-		if knownClaims[k] && bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
-			return fmt.Errorf("claim %q is null", k)
-		}
-	}
-	str := func(name string, dst *string) {
-		if v, ok := raw[name]; ok && err == nil {
-			if e := json.Unmarshal(v, dst); e != nil {
-				err = fmt.Errorf("claim %q must be a string", name)
+		if !knownClaims[k] {
+			if c.Extra == nil {
+				c.Extra = make(map[string]any, len(raw))
 			}
-		}
-	}
-	date := func(name string, dst *time.Time) {
-		v, ok := raw[name]
-		if !ok || err != nil {
-			return
-		}
-		var f float64
-		if e := json.Unmarshal(v, &f); e != nil || math.IsNaN(f) || f < 0 || f > 1e11 {
-			err = fmt.Errorf("claim %q must be a NumericDate", name)
-			return
-		}
-		sec, frac := math.Modf(f)
-		*dst = time.Unix(int64(sec), int64(frac*1e9)).UTC()
-	}
-	actor := func(name string, dst **Actor) {
-		v, ok := raw[name]
-		if !ok || err != nil {
-			return
-		}
-		var a Actor
-		if e := json.Unmarshal(v, &a); e != nil {
-			err = fmt.Errorf("claim %q must be an actor object", name)
-			return
-		}
-		for cur := &a; cur != nil; cur = cur.Actor {
-			if cur.Subject == "" {
-				err = fmt.Errorf("claim %q has an actor without \"sub\"", name)
-				return
-			}
-		}
-		*dst = &a
-	}
-	str("iss", &c.Issuer)
-	str("sub", &c.Subject)
-	str("jti", &c.ID)
-	str("client_id", &c.ClientID)
-	str("scope", &c.Scope)
-	str("sid", &c.SessionID)
-	date("exp", &c.Expiry)
-	date("nbf", &c.NotBefore)
-	date("iat", &c.IssuedAt)
-	actor("act", &c.Act)
-	actor("may_act", &c.MayAct)
-	if v, ok := raw["aud"]; ok && err == nil {
-		var one string
-		if e := json.Unmarshal(v, &one); e == nil {
-			c.Audience = []string{one}
-		} else if e := json.Unmarshal(v, &c.Audience); e != nil {
-			err = errors.New(`claim "aud" must be a string or an array of strings`)
-		}
-	}
-	if v, ok := raw["cnf"]; ok && err == nil {
-		var cnf Confirmation
-		var members map[string]json.RawMessage
-		if e := json.Unmarshal(v, &cnf); e != nil {
-			err = errors.New(`claim "cnf" must be an object`)
-		} else if e := json.Unmarshal(v, &members); e != nil {
-			err = errors.New(`claim "cnf" must be an object`)
-		} else {
-			c.Cnf = &cnf
-			for m := range members {
-				if m != "x5t#S256" {
-					c.cnfOther = true
-				}
-			}
-		}
-	}
-	if err != nil {
-		return err
-	}
-	for k, v := range raw {
-		if knownClaims[k] {
+			c.Extra[k] = v
 			continue
 		}
-		var x any
-		if e := json.Unmarshal(v, &x); e != nil {
-			return fmt.Errorf("claim %q is not valid JSON", k)
+		if v == nil {
+			return fmt.Errorf("claim %q is null", k)
 		}
-		if c.Extra == nil {
-			c.Extra = make(map[string]any, len(raw))
+		var err error
+		switch k {
+		case "iss":
+			c.Issuer, err = claimString(k, v)
+		case "sub":
+			c.Subject, err = claimString(k, v)
+		case "jti":
+			c.ID, err = claimString(k, v)
+		case "client_id":
+			c.ClientID, err = claimString(k, v)
+		case "scope":
+			c.Scope, err = claimString(k, v)
+		case "sid":
+			c.SessionID, err = claimString(k, v)
+		case "exp":
+			c.Expiry, err = claimDate(k, v)
+		case "nbf":
+			c.NotBefore, err = claimDate(k, v)
+		case "iat":
+			c.IssuedAt, err = claimDate(k, v)
+		case "act":
+			c.Act, err = claimActor(k, v)
+		case "may_act":
+			c.MayAct, err = claimActor(k, v)
+		case "aud":
+			c.Audience, err = claimAudience(v)
+		case "cnf":
+			m, ok := v.(map[string]any)
+			if !ok {
+				return errors.New(`claim "cnf" must be an object`)
+			}
+			c.Cnf = &Confirmation{}
+			for name, mv := range m {
+				if name != "x5t#S256" {
+					c.cnfOther = true
+					continue
+				}
+				tp, ok := mv.(string)
+				if !ok {
+					return errors.New(`claim "cnf" must be an object`)
+				}
+				c.Cnf.X5tS256 = tp
+			}
 		}
-		c.Extra[k] = x
+		if err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+func claimString(name string, v any) (string, error) {
+	s, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf("claim %q must be a string", name)
+	}
+	return s, nil
+}
+
+func claimDate(name string, v any) (time.Time, error) {
+	f, ok := v.(float64)
+	if !ok || math.IsNaN(f) || f < 0 || f > 1e11 {
+		return time.Time{}, fmt.Errorf("claim %q must be a NumericDate", name)
+	}
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)).UTC(), nil
+}
+
+func claimAudience(v any) ([]string, error) {
+	switch a := v.(type) {
+	case string:
+		return []string{a}, nil
+	case []any:
+		out := make([]string, len(a))
+		for i, x := range a {
+			s, ok := x.(string)
+			if !ok {
+				return nil, errors.New(`claim "aud" must be a string or an array of strings`)
+			}
+			out[i] = s
+		}
+		return out, nil
+	}
+	return nil, errors.New(`claim "aud" must be a string or an array of strings`)
+}
+
+// claimActor converts a decoded act or may_act object. Members other than
+// sub, iss and act are ignored (RFC 8693 §4.1 lets them be); every actor
+// in the chain needs a sub.
+func claimActor(name string, v any) (*Actor, error) {
+	var head *Actor
+	next := &head
+	for v != nil {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("claim %q must be an actor object", name)
+		}
+		a := &Actor{}
+		if sub, ok := m["sub"]; ok {
+			if a.Subject, ok = sub.(string); !ok {
+				return nil, fmt.Errorf("claim %q must be an actor object", name)
+			}
+		}
+		if iss, ok := m["iss"]; ok {
+			if a.Issuer, ok = iss.(string); !ok {
+				return nil, fmt.Errorf("claim %q must be an actor object", name)
+			}
+		}
+		if a.Subject == "" {
+			return nil, fmt.Errorf("claim %q has an actor without \"sub\"", name)
+		}
+		*next = a
+		next = &a.Actor
+		v = m["act"]
+	}
+	return head, nil
 }
 
 // checkDepth returns an error when the JSON in b nests deeper than max.
