@@ -1,0 +1,106 @@
+// Package cli wires the postern command line: flags, configuration loading and
+// signals. It holds no logic of its own beyond turning flags into the Config
+// structs of the packages that do the work, so every subcommand can be run and
+// tested in process through Run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// env is what every subcommand may use instead of process globals.
+type env struct {
+	ctx    context.Context
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// exitError carries a specific exit status out of a subcommand without
+// printing anything more (the command has already said why).
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// Run executes the postern command line with args (without the program name)
+// and returns the process exit status.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
+	root := newRootCmd(e)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "postern: %v\n", err)
+	return 1
+}
+
+func newRootCmd(e *env) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "postern",
+		Short: "Zero-trust security for traffic between microservices",
+		Long: `Postern secures east-west traffic: every call between services carries the
+caller's workload identity (SPIFFE X.509-SVID over mutual TLS) and the end
+user's context (a short-lived JWT for exactly that callee, exchanged per hop at
+the trust domain's token service and bound to the caller's certificate).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(
+		newServerCmd(e),
+		newTokenCmd(e),
+		newCACmd(e),
+		newPolicyCmd(e),
+	)
+	return root
+}
+
+// newLogger returns a JSON logger for production use, or a text logger when w
+// is a terminal, at the given level ("debug", "info", "warn", "error").
+func newLogger(w io.Writer, level string, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid log level %q", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "", "auto":
+		if isTerminal(w) {
+			return slog.New(slog.NewTextHandler(w, opts)), nil
+		}
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("invalid log format %q (want json, text or auto)", format)
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	return st.Mode()&os.ModeCharDevice != 0
+}

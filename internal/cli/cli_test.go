@@ -1,0 +1,186 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// run executes the command line in process.
+func run(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Run(context.Background(), args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+const idpKey = "../../examples/quickstart/idp/idp-key.pem"
+
+func mint(t *testing.T, extra ...string) string {
+	t.Helper()
+	args := append([]string{"token", "mint", "--key", idpKey, "--iss", "https://idp.quickstart.local", "--sub", "alice",
+		"--aud", "quickstart-shop", "--scope", "orders:read orders:write", "--claim", "email=alice@example.com",
+		"--claim", `groups=["a","b"]`}, extra...)
+	code, out, errs := run(t, "", args...)
+	if code != 0 {
+		t.Fatalf("mint: %d %s", code, errs)
+	}
+	return strings.TrimSpace(out)
+}
+
+func TestTokenMintInspect(t *testing.T) {
+	raw := mint(t)
+	for _, in := range []struct{ stdin, arg string }{{"", raw}, {raw + "\n", ""}, {raw, "-"}} {
+		args := []string{"token", "inspect"}
+		if in.arg != "" {
+			args = append(args, in.arg)
+		}
+		code, out, errs := run(t, in.stdin, args...)
+		if code != 0 {
+			t.Fatalf("inspect: %d %s", code, errs)
+		}
+		var got struct {
+			Header   map[string]any `json:"header"`
+			Claims   map[string]any `json:"claims"`
+			Verified bool           `json:"verified"`
+			Notes    []string       `json:"notes"`
+		}
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("inspect output is not JSON: %v\n%s", err, out)
+		}
+		if got.Verified || got.Claims["sub"] != "alice" || got.Claims["email"] != "alice@example.com" || got.Header["alg"] != "ES256" ||
+			got.Header["kid"] != "ugswFpprsg-aAL8qb2ziTscgJloQaLfzb-z683IShO4" || len(got.Claims["groups"].([]any)) != 2 {
+			t.Errorf("inspect = %s", out)
+		}
+		if len(got.Notes) == 0 || !strings.HasPrefix(got.Notes[0], "expires in") {
+			t.Errorf("notes = %v", got.Notes)
+		}
+	}
+	if code, _, errs := run(t, "", "token", "inspect", "garbage"); code != 1 || !strings.Contains(errs, "malformed") {
+		t.Errorf("inspect garbage: %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "", "token", "mint", "--key", idpKey); code != 1 || !strings.Contains(errs, "required") {
+		t.Errorf("mint without claims: %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "", "token", "mint", "--key", idpKey, "--iss", "i", "--sub", "s", "--aud", "a", "--claim", "exp=1"); code != 1 || !strings.Contains(errs, "exp") {
+		t.Errorf("mint overriding exp: %d %s", code, errs)
+	}
+}
+
+func TestTokenVerify(t *testing.T) {
+	dir := t.TempDir()
+	jwks := filepath.Join(dir, "jwks.json")
+	// The quickstart TrustedIssuer's inline key, as a JWKS file.
+	if err := os.WriteFile(jwks, []byte(`{"keys":[{"use":"sig","kty":"EC","kid":"ugswFpprsg-aAL8qb2ziTscgJloQaLfzb-z683IShO4","crv":"P-256","alg":"ES256","x":"vB5V1o5BGAmjY2TVWwoAXrGxiVPNZ7G-T-SdNxLL3JQ","y":"_JxD9VO-kBK-igRBEQeF3t7A-7f-L67lQCAfWw5_fps"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw := mint(t)
+	base := []string{"token", "verify", "--jwks", jwks, "--iss", "https://idp.quickstart.local"}
+	if code, out, errs := run(t, "", append(base, "--aud", "quickstart-shop", raw)...); code != 0 || !strings.HasPrefix(out, "valid") {
+		t.Fatalf("verify: %d %s %s", code, out, errs)
+	}
+	if code, out, _ := run(t, raw, append(base, "--aud", "elsewhere")...); code != 1 || !strings.Contains(out, "wrong audience") {
+		t.Errorf("wrong audience: %d %s", code, out)
+	}
+	if code, out, _ := run(t, "", append(base, "--aud", "quickstart-shop", "--alg", "EdDSA", raw)...); code != 1 || !strings.Contains(out, "algorithm not allowed") {
+		t.Errorf("alg: %d %s", code, out)
+	}
+	expired := mint(t, "--ttl", "1ns")
+	if code, out, _ := run(t, "", append(base, "--aud", "quickstart-shop", "--leeway", "0s", expired)...); code != 1 || !strings.Contains(out, "expired") {
+		t.Errorf("expired: %d %s", code, out)
+	}
+	tampered := raw[:len(raw)-4] + "AAAA"
+	if code, out, _ := run(t, "", append(base, "--aud", "quickstart-shop", tampered)...); code != 1 || !strings.Contains(out, "invalid") {
+		t.Errorf("tampered: %d %s", code, out)
+	}
+}
+
+func TestCAIssueAndOperatorCommands(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "server.yaml")
+	if err := os.WriteFile(cfgPath, []byte("trustDomain: example.test\ndataDir: data\nresources: res\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "gw")
+	id := "spiffe://example.test/ns/shop/sa/gateway"
+	if code, stdout, errs := run(t, "", "ca", "issue", "--config", cfgPath, "--spiffe-id", id, "--out", out); code != 0 {
+		t.Fatalf("ca issue: %d %s %s", code, stdout, errs)
+	}
+	certPEM, _ := os.ReadFile(filepath.Join(out, "svid.pem"))
+	keyPEM, _ := os.ReadFile(filepath.Join(out, "svid.key"))
+	svid, err := x509svid.Parse(certPEM, keyPEM)
+	if err != nil {
+		t.Fatalf("svid files: %v", err)
+	}
+	bundlePEM, _ := os.ReadFile(filepath.Join(out, "bundle.pem"))
+	roots := parseCerts(t, bundlePEM)
+	got, _, err := x509svid.Verify(svid.Certificates, x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("example.test"), roots))
+	if err != nil || got.String() != id {
+		t.Fatalf("issued SVID does not verify: %v %v", got, err)
+	}
+	if fi, _ := os.Stat(filepath.Join(out, "svid.key")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("svid.key mode %v", fi.Mode().Perm())
+	}
+	// Offline commands need only the data dir once it exists.
+	data := filepath.Join(dir, "data")
+	if code, _, errs := run(t, "", "ca", "issue", "--data-dir", data, "--spiffe-id", "spiffe://other.test/x", "--out", out); code != 1 || !strings.Contains(errs, "not in trust domain") {
+		t.Errorf("foreign id: %d %s", code, errs)
+	}
+	code, stdout, errs := run(t, "", "server", "rotate-keys", "--data-dir", data, "--revoke-old")
+	if code != 0 || !strings.Contains(stdout, "current key id") {
+		t.Errorf("rotate-keys: %d %s %s", code, stdout, errs)
+	}
+	code, stdout, errs = run(t, "", "server", "client-secret", "--data-dir", data, "--client-id", "spiffe://example.test/ns/ops/sa/batch")
+	if code != 0 || len(strings.TrimSpace(stdout)) != 43 {
+		t.Errorf("client-secret: %d %q %s", code, stdout, errs)
+	}
+	if code, stdout, _ := run(t, "", "ca", "bundle", "--data-dir", data); code != 0 || !strings.Contains(stdout, "BEGIN CERTIFICATE") {
+		t.Errorf("ca bundle: %d", code)
+	}
+	if code, _, errs := run(t, "", "ca", "issue", "--data-dir", filepath.Join(dir, "nowhere"), "--spiffe-id", id, "--out", out); code != 1 || !strings.Contains(errs, "not a postern data dir") {
+		t.Errorf("missing data dir: %d %s", code, errs)
+	}
+}
+
+func parseCerts(t *testing.T, b []byte) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+}
+
+func TestHelpAndErrors(t *testing.T) {
+	code, out, _ := run(t, "", "--help")
+	if code != 0 || !strings.Contains(out, "server") || !strings.Contains(out, "token") || !strings.Contains(out, "completion") {
+		t.Errorf("help: %d %s", code, out)
+	}
+	if code, _, errs := run(t, "", "server"); code != 1 || !strings.Contains(errs, "--config is required") {
+		t.Errorf("server without config: %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "", "bogus"); code != 1 || !strings.Contains(errs, "unknown command") {
+		t.Errorf("unknown command: %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "", "server", "--config", "/nonexistent.yaml"); code != 1 || !strings.Contains(errs, "no such file") {
+		t.Errorf("missing config: %d %s", code, errs)
+	}
+}

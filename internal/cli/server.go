@@ -1,0 +1,208 @@
+package cli
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"postern.dev/postern/internal/server"
+	"postern.dev/postern/internal/store"
+	"postern.dev/postern/internal/sts"
+)
+
+// serverFlags are the flags every command that opens the control plane's
+// state shares.
+type serverFlags struct {
+	config  string
+	dataDir string
+	listen  string
+}
+
+func (f *serverFlags) register(cmd *cobra.Command, withListen bool) {
+	cmd.Flags().StringVarP(&f.config, "config", "c", "", "server configuration file (YAML)")
+	cmd.Flags().StringVar(&f.dataDir, "data-dir", "", "data directory (overrides the config file)")
+	if withListen {
+		cmd.Flags().StringVar(&f.listen, "listen", "", "HTTPS listen address, e.g. 127.0.0.1:8443 (overrides the config file)")
+	}
+}
+
+// load reads the configuration file (if any) and applies flag overrides.
+// Without a file, a data dir is enough for offline commands, which find the
+// trust domain in <data-dir>/server.yaml if it was written there.
+func (f *serverFlags) load() (*server.Config, error) {
+	var cfg *server.Config
+	if f.config != "" {
+		c, err := server.LoadConfig(f.config)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	} else {
+		if f.dataDir == "" {
+			return nil, fmt.Errorf("--config or --data-dir is required")
+		}
+		c, err := server.LoadDataDirConfig(f.dataDir)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	}
+	if f.dataDir != "" {
+		cfg.DataDir = f.dataDir
+	}
+	if f.listen != "" {
+		cfg.Listen = f.listen
+	}
+	return cfg, nil
+}
+
+func newServerCmd(e *env) *cobra.Command {
+	var (
+		flags     serverFlags
+		logLevel  string
+		logFormat string
+	)
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane: token service (STS) and certificate authority",
+		Long: `Run the control plane over HTTPS: the OAuth 2.0 token service (token
+exchange, client credentials, jwt-bearer; introspection, revocation, JWKS,
+discovery) and the X.509-SVID certificate authority.
+
+On first start it creates its CA and signing keys in the data dir, issues its
+own serving certificate and writes the trust bundle to <data-dir>/bundle.pem,
+so that "curl --cacert <data-dir>/bundle.pem" works. Resources (Workload,
+TrustedIssuer, ExchangePolicy) are loaded from the configured directory and
+reloaded when it changes; a broken file is reported and the last good set
+stays in force.`,
+		Example: `  postern server --config examples/quickstart/server.yaml`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if flags.config == "" {
+				return fmt.Errorf("--config is required")
+			}
+			cfg, err := flags.load()
+			if err != nil {
+				return err
+			}
+			level, format := cfg.Log.Level, cfg.Log.Format
+			if cmd.Flags().Changed("log-level") || level == "" {
+				level = logLevel
+			}
+			if cmd.Flags().Changed("log-format") || format == "" {
+				format = logFormat
+			}
+			logger, err := newLogger(e.stderr, level, format)
+			if err != nil {
+				return err
+			}
+			srv, err := server.New(e.ctx, cfg, logger, logger.With(slog.String("log", "audit")))
+			if err != nil {
+				return err
+			}
+			return srv.Run(e.ctx)
+		},
+	}
+	flags.register(cmd, true)
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	cmd.Flags().StringVar(&logFormat, "log-format", "auto", "log format: json, text, auto (text on a terminal)")
+	cmd.AddCommand(newRotateKeysCmd(e), newClientSecretCmd(e))
+	return cmd
+}
+
+func newRotateKeysCmd(e *env) *cobra.Command {
+	var (
+		flags     serverFlags
+		revokeOld bool
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate-keys",
+		Short: "Rotate the token signing key now",
+		Long: `Make the next signing key current at once and create a new next key.
+With --revoke-old the previous keys leave the JWKS at once, so every token they
+signed stops verifying (use it for a suspected key compromise). Running servers
+sharing the store pick the change up within 30 seconds.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := flags.load()
+			if err != nil {
+				return err
+			}
+			logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			st, err := server.Open(e.ctx, cfg, logger)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			km, err := st.KeyManager(e.ctx, logger)
+			if err != nil {
+				return err
+			}
+			if err := km.Rotate(e.ctx, revokeOld); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "signing key rotated; current key id %s\n", km.Current().ID)
+			if revokeOld {
+				fmt.Fprintln(e.stdout, "previous keys removed from the JWKS: tokens they signed no longer verify")
+			}
+			return nil
+		},
+	}
+	flags.register(cmd, false)
+	cmd.Flags().BoolVar(&revokeOld, "revoke-old", false, "drop the previous keys from the JWKS at once")
+	return cmd
+}
+
+func newClientSecretCmd(e *env) *cobra.Command {
+	var (
+		flags    serverFlags
+		clientID string
+		ttl      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "client-secret",
+		Short: "Generate a client secret for client_secret_basic",
+		Long: `Generate a random client secret for a Workload whose clientAuthentication
+lists client_secret_basic (for clients outside the mesh). The secret is printed
+once; the server stores only a keyed hash of it. Generating a new secret
+replaces the old one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if clientID == "" {
+				return fmt.Errorf("--client-id is required")
+			}
+			cfg, err := flags.load()
+			if err != nil {
+				return err
+			}
+			logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			st, err := server.Open(e.ctx, cfg, logger)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			var b [32]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return err
+			}
+			secret := base64.RawURLEncoding.EncodeToString(b[:])
+			rec := store.ClientSecret{ClientID: clientID, Hash: sts.HashSecret(st.ClientSecretKey(), secret), CreatedAt: time.Now()}
+			if ttl > 0 {
+				rec.ExpiresAt = rec.CreatedAt.Add(ttl)
+			}
+			if err := st.Store.PutClientSecret(e.ctx, rec); err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, secret)
+			return nil
+		},
+	}
+	flags.register(cmd, false)
+	cmd.Flags().StringVar(&clientID, "client-id", "", "the Workload's SPIFFE ID")
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, "secret lifetime (0: does not expire)")
+	return cmd
+}
