@@ -216,6 +216,7 @@ type workloadSpec struct {
 	DNSNames             []string              `json:"dnsNames,omitempty"`
 	SVIDTTL              Duration              `json:"svidTTL,omitempty"`
 	Selectors            []AttestationSelector `json:"selectors,omitempty"`
+	Agents               []string              `json:"agents,omitempty"`
 }
 
 type issuerSpec struct {
@@ -526,7 +527,7 @@ func (l *loader) workload(f *fileCtx, d *document[workloadSpec]) {
 		Name: d.Metadata.Name, Labels: d.Metadata.Labels, Origin: Origin{f.file, f.docLine},
 		SPIFFEID: s.SPIFFEID, Audience: s.Audience, JWKSURI: s.JWKSURI,
 		DNSNames: s.DNSNames, SVIDTTL: time.Duration(s.SVIDTTL), Selectors: s.Selectors,
-		ClientAuthentication: s.ClientAuthentication,
+		ClientAuthentication: s.ClientAuthentication, Agents: s.Agents,
 	}
 	if s.SPIFFEID == "" {
 		f.report("spec.spiffeID", "spiffeID: required")
@@ -572,6 +573,14 @@ func (l *loader) workload(f *fileCtx, d *document[workloadSpec]) {
 		if sel.Type == "" || sel.Value == "" {
 			f.report(fmt.Sprintf("spec.selectors[%d]", i), "selectors: type and value are required")
 		}
+	}
+	for i, a := range s.Agents {
+		m, err := parseSPIFFEGlob(a)
+		if err != nil {
+			f.report(fmt.Sprintf("spec.agents[%d]", i), fmt.Sprintf("agents: %q: %v", a, err))
+			continue
+		}
+		w.agents = append(w.agents, m)
 	}
 	if len(l.problems) == before && l.claimName(f, KindWorkload, w.Name) {
 		l.set.Workloads = append(l.set.Workloads, w)

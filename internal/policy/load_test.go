@@ -321,3 +321,32 @@ func TestLoadDir(t *testing.T) {
 		t.Errorf("err %v", err)
 	}
 }
+
+func TestWorkloadAgents(t *testing.T) {
+	set, err := Parse("w.yaml", []byte(`apiVersion: postern.dev/v1
+kind: Workload
+metadata: {name: w}
+spec:
+  spiffeID: spiffe://td.test/ns/a/sa/w
+  agents: ["spiffe://td.test/postern/agent/node-*"]
+---
+apiVersion: postern.dev/v1
+kind: Workload
+metadata: {name: any}
+spec: {spiffeID: spiffe://td.test/ns/a/sa/any}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, anyAgent := set.Workloads[0], set.Workloads[1]
+	if !w.AllowsAgent("spiffe://td.test/postern/agent/node-1") || w.AllowsAgent("spiffe://td.test/postern/agent/other") {
+		t.Error("agents glob not applied")
+	}
+	if !anyAgent.AllowsAgent("spiffe://td.test/postern/agent/x") {
+		t.Error("a workload without agents accepts any agent of the trust domain")
+	}
+	_, err = Parse("bad.yaml", []byte("apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec:\n  spiffeID: spiffe://td.test/w\n  agents: [node-1]\n"))
+	if err == nil || !strings.Contains(err.Error(), "bad.yaml:6") || !strings.Contains(err.Error(), "agents") {
+		t.Errorf("err = %v", err)
+	}
+}

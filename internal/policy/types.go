@@ -88,8 +88,23 @@ type Workload struct {
 	DNSNames []string
 	// SVIDTTL is the lifetime of its X.509-SVIDs (0: server default).
 	SVIDTTL time.Duration
-	// Selectors are the attestation selectors that identify it.
+	// Selectors are the attestation selectors that identify it. A workload
+	// attested by an agent gets this identity when every selector matches.
 	Selectors []AttestationSelector
+	// Agents are SPIFFE ID globs of the node agents that may obtain SVIDs
+	// for this workload; empty: any agent of the trust domain.
+	Agents []string
+
+	agents []matcher
+}
+
+// AllowsAgent reports whether the node agent with SPIFFE ID id may obtain
+// SVIDs for the workload.
+func (w *Workload) AllowsAgent(id string) bool {
+	if len(w.Agents) == 0 {
+		return true
+	}
+	return matchAny(w.agents, id)
 }
 
 // AttestationSelector is one attestation property (type and value).

@@ -176,6 +176,9 @@ func New(ctx context.Context, cfg *Config, logger, audit *slog.Logger) (*Server,
 	if err := s.sts.SetEngine(s.watcher.Engine()); err != nil {
 		return nil, err
 	}
+	st0 := s.watcher.Engine()
+	logger.Info("resources loaded", slog.String("dir", cfg.Resources),
+		slog.Int("workloads", len(st0.Workloads())), slog.Int("trusted_issuers", len(st0.TrustedIssuers())))
 	s.ready.Store(true)
 	s.http = &http.Server{
 		Handler:           s.handler(),
