@@ -106,7 +106,9 @@ func (s *Service) LoadRevocations(ctx context.Context) error {
 }
 
 // Revoke revokes one token by its claims; with family it revokes every token
-// descending from the same first issuance. It persists before it answers.
+// descending from the same first issuance. The revocation applies in this
+// process at once; an error means it may not have reached the store (and so
+// other replicas), and the caller should retry.
 func (s *Service) Revoke(ctx context.Context, c *token.Claims, family bool) error {
 	// A family's tokens never outlive their first token's session by more
 	// than the longest lifetime; remember it for a day to be safe.
@@ -119,11 +121,11 @@ func (s *Service) Revoke(ctx context.Context, c *token.Claims, family bool) erro
 	if id == "" {
 		return nil
 	}
-	if err := s.cfg.Store.PutRevocation(ctx, store.Revocation{Kind: kind, ID: id, ExpiresAt: exp, CreatedAt: s.cfg.Now()}); err != nil {
-		return err
-	}
+	// Deny here at once, even if persisting fails: the caller is told to
+	// retry (so other replicas learn of it), but this replica never lets
+	// the token through in the meantime.
 	s.revoked.add(kind, id, exp)
-	return nil
+	return s.cfg.Store.PutRevocation(ctx, store.Revocation{Kind: kind, ID: id, ExpiresAt: exp, CreatedAt: s.cfg.Now()})
 }
 
 // handleRevoke is RFC 7009. The client must be authenticated and may revoke

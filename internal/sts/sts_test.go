@@ -579,6 +579,9 @@ func TestIntrospectionAndRevocation(t *testing.T) {
 	if r := h.post(PathRevoke, url.Values{"token": {t3}}, h.asPeer(ordersID)); r.status != 503 {
 		t.Errorf("revocation with the store down: %d, want 503 (never a silent success)", r.status)
 	}
+	if r := h.post(PathIntrospect, url.Values{"token": {t3}}, h.asPeer(ordersID)); r.body["active"] != false {
+		t.Error("a revocation that could not be persisted is not applied locally")
+	}
 }
 
 func TestDiscoveryAndJWKS(t *testing.T) {
