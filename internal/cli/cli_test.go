@@ -184,3 +184,16 @@ func TestHelpAndErrors(t *testing.T) {
 		t.Errorf("missing config: %d %s", code, errs)
 	}
 }
+
+// TestQuickstartPolicies keeps the quickstart's resources and its policy
+// tests honest: they lint clean and every case passes.
+func TestQuickstartPolicies(t *testing.T) {
+	dir := "../../examples/quickstart/resources"
+	if code, out, errs := run(t, "", "policy", "lint", dir); code != 0 {
+		t.Fatalf("lint: %d %s %s", code, out, errs)
+	}
+	code, out, errs := run(t, "", "policy", "test", dir, "--self-issuer", "https://127.0.0.1:8443")
+	if code != 0 || !strings.Contains(out, "5 passed") {
+		t.Fatalf("policy test: %d %s %s", code, out, errs)
+	}
+}
