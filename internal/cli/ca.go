@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"postern.dev/postern/internal/ca"
-	"postern.dev/postern/internal/server"
 )
 
 func newCACmd(e *env) *cobra.Command {
@@ -53,19 +51,14 @@ workloads get their SVIDs from postern agent through the Workload API.`,
 			if err != nil {
 				return fmt.Errorf("--spiffe-id: %w", err)
 			}
-			cfg, err := flags.load()
-			if err != nil {
-				return err
-			}
-			if sid.TrustDomain().Name() != cfg.TrustDomain {
-				return fmt.Errorf("--spiffe-id %s is not in trust domain %s", sid, cfg.TrustDomain)
-			}
-			logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			st, err := server.Open(e.ctx, cfg, logger)
+			st, logger, err := flags.open(e)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
+			if sid.TrustDomain() != st.TrustDomain {
+				return fmt.Errorf("--spiffe-id %s is not in trust domain %s", sid, st.TrustDomain)
+			}
 			authority, err := st.CA(e.ctx, logger)
 			if err != nil {
 				return err
@@ -126,12 +119,7 @@ func newCABundleCmd(e *env) *cobra.Command {
 		Short: "Print the trust bundle (PEM)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := flags.load()
-			if err != nil {
-				return err
-			}
-			logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			st, err := server.Open(e.ctx, cfg, logger)
+			st, logger, err := flags.open(e)
 			if err != nil {
 				return err
 			}
@@ -155,12 +143,7 @@ func newCARotateCmd(e *env) *cobra.Command {
 		Short: "Rotate the CA now: a new root signs, the old one stays in the bundle until its SVIDs expire",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := flags.load()
-			if err != nil {
-				return err
-			}
-			logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			st, err := server.Open(e.ctx, cfg, logger)
+			st, logger, err := flags.open(e)
 			if err != nil {
 				return err
 			}

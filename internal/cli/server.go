@@ -60,6 +60,22 @@ func (f *serverFlags) load() (*server.Config, error) {
 	return cfg, nil
 }
 
+// open loads the configuration and opens the control plane's state for an
+// offline operator command, logging only warnings to stderr. The caller
+// closes the state.
+func (f *serverFlags) open(e *env) (*server.State, *slog.Logger, error) {
+	cfg, err := f.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	st, err := server.Open(e.ctx, cfg, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, logger, nil
+}
+
 func newServerCmd(e *env) *cobra.Command {
 	var (
 		flags     serverFlags
@@ -128,12 +144,7 @@ signed stops verifying (use it for a suspected key compromise). Running servers
 sharing the store pick the change up within 30 seconds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := flags.load()
-			if err != nil {
-				return err
-			}
-			logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			st, err := server.Open(e.ctx, cfg, logger)
+			st, logger, err := flags.open(e)
 			if err != nil {
 				return err
 			}
@@ -175,12 +186,7 @@ replaces the old one.`,
 			if clientID == "" {
 				return fmt.Errorf("--client-id is required")
 			}
-			cfg, err := flags.load()
-			if err != nil {
-				return err
-			}
-			logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			st, err := server.Open(e.ctx, cfg, logger)
+			st, _, err := flags.open(e)
 			if err != nil {
 				return err
 			}

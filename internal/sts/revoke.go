@@ -133,24 +133,9 @@ func (s *Service) Revoke(ctx context.Context, c *token.Claims, family bool) erro
 // "revoke_family=true" revokes the token's whole family. Tokens that are not
 // valid tokens of this STS are answered with 200, as the RFC asks.
 func (s *Service) handleRevoke(w http.ResponseWriter, r *http.Request) {
-	st := s.state.Load()
-	if st == nil {
-		writeError(w, oauthErr(codeServerError, "the token service has no policy loaded yet").withStatus(http.StatusServiceUnavailable))
-		return
-	}
-	f, oerr := readForm(w, r, s.cfg.MaxBodyBytes)
+	f, c, raw, oerr := s.tokenRequest(w, r)
 	if oerr != nil {
 		writeError(w, oerr)
-		return
-	}
-	c, oerr := s.authenticate(r.Context(), r, f, st)
-	if oerr != nil {
-		writeError(w, oerr)
-		return
-	}
-	raw := f.get("token")
-	if raw == "" {
-		writeError(w, oauthErr(codeInvalidRequest, "token is required"))
 		return
 	}
 	switch hint := f.get("token_type_hint"); hint {
@@ -197,24 +182,9 @@ func (s *Service) handleRevoke(w http.ResponseWriter, r *http.Request) {
 // about tokens addressed to it or issued to it, and "active": false for any
 // other token.
 func (s *Service) handleIntrospect(w http.ResponseWriter, r *http.Request) {
-	st := s.state.Load()
-	if st == nil {
-		writeError(w, oauthErr(codeServerError, "the token service has no policy loaded yet").withStatus(http.StatusServiceUnavailable))
-		return
-	}
-	f, oerr := readForm(w, r, s.cfg.MaxBodyBytes)
+	_, c, raw, oerr := s.tokenRequest(w, r)
 	if oerr != nil {
 		writeError(w, oerr)
-		return
-	}
-	c, oerr := s.authenticate(r.Context(), r, f, st)
-	if oerr != nil {
-		writeError(w, oerr)
-		return
-	}
-	raw := f.get("token")
-	if raw == "" {
-		writeError(w, oauthErr(codeInvalidRequest, "token is required"))
 		return
 	}
 	inactive := map[string]bool{"active": false}
@@ -276,4 +246,27 @@ func (s *Service) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "public, max-age=300")
 	w.Header().Set("Content-Type", "application/json")
 	writeJSONNoStore(w, doc)
+}
+
+// tokenRequest is the common start of introspection and revocation: a
+// policy set is loaded, the form parses, the client authenticates and names
+// a token.
+func (s *Service) tokenRequest(w http.ResponseWriter, r *http.Request) (form, *caller, string, *Error) {
+	st := s.state.Load()
+	if st == nil {
+		return nil, nil, "", oauthErr(codeServerError, "the token service has no policy loaded yet").withStatus(http.StatusServiceUnavailable)
+	}
+	f, oerr := readForm(w, r, s.cfg.MaxBodyBytes)
+	if oerr != nil {
+		return nil, nil, "", oerr
+	}
+	c, oerr := s.authenticate(r.Context(), r, f, st)
+	if oerr != nil {
+		return nil, nil, "", oerr
+	}
+	raw := f.get("token")
+	if raw == "" {
+		return nil, nil, "", oauthErr(codeInvalidRequest, "token is required")
+	}
+	return f, c, raw, nil
 }
