@@ -140,12 +140,17 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 	if len(raw) > s.cfg.MaxTokenBytes {
 		return nil, oauthErr(codeInvalidRequest, fmt.Sprintf("%s exceeds %d bytes", what, s.cfg.MaxTokenBytes))
 	}
-	iss, err := token.PeekIssuer(raw)
+	// Parse once; the unverified issuer only chooses the verifier.
+	parsed, err := token.Parse(raw, s.cfg.MaxTokenBytes)
 	if err != nil {
-		return nil, oauthErr(codeInvalidRequest, fmt.Sprintf("%s is not a JWT: %v", what, err))
+		return nil, grantErr(what, err)
+	}
+	iss := parsed.UnverifiedIssuer()
+	if iss == "" {
+		return nil, oauthErr(codeInvalidRequest, what+" has no issuer")
 	}
 	if iss == s.cfg.Issuer {
-		claims, err := s.self.Verify(ctx, raw)
+		claims, err := s.self.VerifyParsed(ctx, parsed)
 		if err != nil {
 			return nil, grantErr(what, err)
 		}
@@ -165,7 +170,7 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 	if !ok {
 		return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s issuer %q is not trusted", what, iss))
 	}
-	claims, err := ei.verifier.Verify(ctx, raw)
+	claims, err := ei.verifier.VerifyParsed(ctx, parsed)
 	if err != nil {
 		if errors.Is(err, token.ErrKeysUnavailable) {
 			return nil, oauthErr(codeServerError, fmt.Sprintf("keys of issuer %q are unavailable", iss)).withStatus(http.StatusServiceUnavailable).withCause(err)

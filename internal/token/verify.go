@@ -151,20 +151,70 @@ func (v *Verifier) Issuer() string { return v.cfg.Issuer }
 // size, structure, algorithm, typ, signature with a key from the key set,
 // then iss, aud, exp, nbf and iat.
 func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
-	if len(raw) > v.cfg.MaxSize {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(raw), v.cfg.MaxSize)
+	p, err := Parse(raw, v.cfg.MaxSize)
+	if err != nil {
+		if errors.Is(err, ErrAlgorithm) {
+			return nil, fmt.Errorf("%w: only %s are accepted", ErrAlgorithm, algList(v.cfg.Algorithms))
+		}
+		return nil, err
+	}
+	return v.VerifyParsed(ctx, p)
+}
+
+// Parsed is a compact JWT whose structure has been checked but whose
+// signature and claims have not: nothing in it may be trusted until
+// Verifier.VerifyParsed returns its claims. Parsing once lets a caller
+// choose the verifier by the unverified issuer without decoding twice.
+type Parsed struct {
+	jws    *jose.JSONWebSignature
+	size   int
+	claims *Claims // decoded from the unverified payload
+	decErr error   // why the payload did not decode, reported after the signature check
+}
+
+// Parse checks raw's size and structure (a compact JWS with one signature
+// by an asymmetric algorithm) and decodes its payload without verifying
+// anything.
+func Parse(raw string, maxSize int) (*Parsed, error) {
+	if maxSize <= 0 {
+		maxSize = DefaultMaxSize
+	}
+	if len(raw) > maxSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(raw), maxSize)
 	}
 	jws, err := jose.ParseSignedCompact(raw, asymmetricAlgorithms)
 	if err != nil {
 		if _, ok := errors.AsType[*jose.ErrUnexpectedSignatureAlgorithm](err); ok {
-			return nil, fmt.Errorf("%w: only %s are accepted", ErrAlgorithm, algList(v.cfg.Algorithms))
+			return nil, fmt.Errorf("%w: not an asymmetric signature algorithm", ErrAlgorithm)
 		}
 		return nil, fmt.Errorf("%w: not a signed compact JWT", ErrMalformed)
 	}
 	if len(jws.Signatures) != 1 {
 		return nil, fmt.Errorf("%w: want exactly one signature", ErrMalformed)
 	}
-	h := jws.Signatures[0].Protected
+	p := &Parsed{jws: jws, size: len(raw)}
+	p.claims, p.decErr = decodeClaims(jws.UnsafePayloadWithoutVerification())
+	return p, nil
+}
+
+// UnverifiedIssuer returns the token's iss claim, unverified, or "" when
+// the payload does not decode. Use it only to choose a verifier.
+func (p *Parsed) UnverifiedIssuer() string {
+	if p.claims == nil {
+		return ""
+	}
+	return p.claims.Issuer
+}
+
+// VerifyParsed finishes what Parse started: algorithm, typ, the signature
+// with a key from the key set, then iss, aud, exp, nbf and iat. The claims
+// it returns are the ones decoded from the very payload the signature
+// covers.
+func (v *Verifier) VerifyParsed(ctx context.Context, p *Parsed) (*Claims, error) {
+	if p.size > v.cfg.MaxSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, p.size, v.cfg.MaxSize)
+	}
+	h := p.jws.Signatures[0].Protected
 	alg := jose.SignatureAlgorithm(h.Algorithm)
 	if !v.algs[alg] {
 		return nil, fmt.Errorf("%w: %q (accepted: %s)", ErrAlgorithm, h.Algorithm, algList(v.cfg.Algorithms))
@@ -185,18 +235,21 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	if !key.IsPublic() {
 		key = key.Public()
 	}
-	payload, err := jws.Verify(key)
-	if err != nil {
+	// Verify checks the signature over the same payload bytes the claims
+	// were decoded from; it returns them again, unchanged.
+	if _, err := p.jws.Verify(key); err != nil {
 		return nil, ErrSignature
 	}
-	c, err := decodeClaims(payload)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	if p.decErr != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, p.decErr)
 	}
-	if err := v.checkClaims(c); err != nil {
+	if err := v.checkClaims(p.claims); err != nil {
 		return nil, err
 	}
-	return c, nil
+	// Hand out a copy so a caller cannot alter what another Verify of the
+	// same Parsed returns.
+	c := *p.claims
+	return &c, nil
 }
 
 func (v *Verifier) checkClaims(c *Claims) error {
