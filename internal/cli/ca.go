@@ -23,7 +23,7 @@ func newCACmd(e *env) *cobra.Command {
 		Use:   "ca",
 		Short: "Issue workload certificates and show the trust bundle",
 	}
-	cmd.AddCommand(newCAIssueCmd(e), newCABundleCmd(e), newCARotateCmd(e))
+	cmd.AddCommand(newCAIssueCmd(e), newCABundleCmd(e), newCARotateCmd(e), newCAJoinTokenCmd(e))
 	return cmd
 }
 

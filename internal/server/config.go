@@ -44,6 +44,10 @@ type Config struct {
 	// Serving names the DNS names and IP addresses the server's own
 	// HTTPS certificate carries; default localhost and 127.0.0.1.
 	Serving ServingConfig `json:"serving,omitempty"`
+	// Attestation configures how node agents and workloads prove their
+	// identity to the node API (/node/v1/). Join tokens (postern ca
+	// join-token) are always accepted.
+	Attestation AttestationConfig `json:"attestation,omitempty"`
 	// Log configures logging.
 	Log LogConfig `json:"log,omitempty"`
 }
@@ -88,6 +92,29 @@ type CAConfig struct {
 	// instead of creating a root.
 	UpstreamCert string `json:"upstreamCert,omitempty"`
 	UpstreamKey  string `json:"upstreamKey,omitempty"`
+}
+
+// AttestationConfig configures the attestation methods beyond join tokens.
+type AttestationConfig struct {
+	// K8s enables Kubernetes projected service-account token (PSAT)
+	// attestation; it is off while K8s.Issuer is empty.
+	K8s K8sAttestationConfig `json:"k8s,omitempty"`
+}
+
+// K8sAttestationConfig configures Kubernetes PSAT attestation.
+type K8sAttestationConfig struct {
+	// Issuer is the cluster's service-account token issuer (the API
+	// server's --service-account-issuer), the exact iss of its tokens.
+	// Setting it enables k8s_psat attestation.
+	Issuer string `json:"issuer,omitempty"`
+	// Audience is the audience the tokens must carry, as requested in the
+	// pods' projected token volume (e.g. "postern"). Required with Issuer.
+	Audience string `json:"audience,omitempty"`
+	// JWKSFile is a file with the cluster's public keys (kubectl get --raw
+	// /openid/v1/jwks), for clusters whose issuer is not reachable from the
+	// server; read at start. Empty: the keys are found by OIDC discovery on
+	// Issuer and kept fresh.
+	JWKSFile string `json:"jwksFile,omitempty"`
 }
 
 // ServingConfig names the server certificate's subject alternative names.
@@ -144,7 +171,7 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("server: config %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
-	for _, p := range []*string{&c.DataDir, &c.Resources, &c.Keys.KEKFile, &c.CA.UpstreamCert, &c.CA.UpstreamKey} {
+	for _, p := range []*string{&c.DataDir, &c.Resources, &c.Keys.KEKFile, &c.CA.UpstreamCert, &c.CA.UpstreamKey, &c.Attestation.K8s.JWKSFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -172,6 +199,11 @@ func (c *Config) setDefaults() error {
 	if len(c.Serving.DNSNames) == 0 && len(c.Serving.IPAddresses) == 0 {
 		c.Serving.DNSNames = []string{"localhost"}
 		c.Serving.IPAddresses = []string{"127.0.0.1", "::1"}
+	}
+	if k := c.Attestation.K8s; k.Issuer == "" && (k.Audience != "" || k.JWKSFile != "") {
+		return errors.New("server: config: attestation.k8s needs an issuer")
+	} else if k.Issuer != "" && k.Audience == "" {
+		return errors.New("server: config: attestation.k8s needs an audience")
 	}
 	for _, ip := range c.Serving.IPAddresses {
 		if net.ParseIP(ip) == nil {

@@ -22,8 +22,10 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"postern.dev/postern/internal/attest"
 	"postern.dev/postern/internal/ca"
 	"postern.dev/postern/internal/keys"
+	"postern.dev/postern/internal/nodeapi"
 	"postern.dev/postern/internal/policy"
 	"postern.dev/postern/internal/store"
 	"postern.dev/postern/internal/sts"
@@ -107,6 +109,8 @@ type Server struct {
 	sts      *sts.Service
 	watcher  *policy.Watcher
 	serving  *ca.ServingCertificateSource
+	node     *nodeapi.Handler
+	k8s      *attest.K8sAttestor // nil unless PSAT attestation is configured
 	http     *http.Server
 	ready    atomic.Bool
 }
@@ -176,6 +180,9 @@ func New(ctx context.Context, cfg *Config, logger, audit *slog.Logger) (*Server,
 	if err := s.sts.SetEngine(s.watcher.Engine()); err != nil {
 		return nil, err
 	}
+	if err := s.newNodeAPI(cfg, issuer, logger, audit); err != nil {
+		return nil, err
+	}
 	st0 := s.watcher.Engine()
 	logger.Info("resources loaded", slog.String("dir", cfg.Resources),
 		slog.Int("workloads", len(st0.Workloads())), slog.Int("trusted_issuers", len(st0.TrustedIssuers())))
@@ -192,6 +199,31 @@ func New(ctx context.Context, cfg *Config, logger, audit *slog.Logger) (*Server,
 	}
 	ok = true
 	return s, nil
+}
+
+// newNodeAPI builds the node API handler (/node/v1/) with join tokens from
+// the store and, when configured, Kubernetes PSAT attestation.
+func (s *Server) newNodeAPI(cfg *Config, issuer string, logger, audit *slog.Logger) error {
+	nc := nodeapi.Config{
+		TrustDomain: s.state.TrustDomain, CA: s.ca, Keys: s.keys, Issuer: issuer,
+		Policy:     s.watcher.Engine,
+		JoinTokens: nodeapi.StoreJoinTokens{Store: s.state.Store},
+		SVIDTTL:    time.Duration(cfg.CA.SVIDTTL),
+		Logger:     logger, Audit: audit,
+	}
+	if k := cfg.Attestation.K8s; k.Issuer != "" {
+		a, err := attest.NewK8sAttestor(attest.K8sConfig{Issuer: k.Issuer, Audience: k.Audience, JWKSFile: k.JWKSFile})
+		if err != nil {
+			return fmt.Errorf("server: attestation.k8s: %w", err)
+		}
+		s.k8s, nc.K8s = a, a
+	}
+	h, err := nodeapi.NewHandler(nc)
+	if err != nil {
+		return err
+	}
+	s.node = h
+	return nil
 }
 
 func (s *Server) applyPolicy(e *policy.Engine) {
@@ -298,6 +330,7 @@ func (s *Server) handler() http.Handler {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(s.ca.BundlePEM())
 	})
+	mux.Handle(nodeapi.Prefix, s.node)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
@@ -320,6 +353,9 @@ func (s *Server) Run(ctx context.Context) error {
 	go s.ca.Run(bg)
 	go s.sts.Run(bg)
 	go s.watcher.Run(bg)
+	if s.k8s != nil {
+		go s.k8s.Run(bg)
+	}
 	go s.maintain(bg)
 	s.logger.Info("postern server listening",
 		slog.String("addr", s.listener.Addr().String()),
