@@ -63,6 +63,7 @@ the trust domain's token service and bound to the caller's certificate).`,
 	}
 	root.AddCommand(
 		newServerCmd(e),
+		newAgentCmd(e),
 		newTokenCmd(e),
 		newCACmd(e),
 		newPolicyCmd(e),
