@@ -603,3 +603,20 @@ func TestKubernetesTokenAttestation(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNoSVIDForUnmatchableEntries checks that the agent holds no key or SVID
+// for a Workload without selectors: no local process could ever match it.
+func TestNoSVIDForUnmatchableEntries(t *testing.T) {
+	bare := Entry{SPIFFEID: "spiffe://example.org/ns/x/sa/bare"}
+	fs := newFakeServer(t, newClock(), webEntry(), bare)
+	att := &fakeAttestor{}
+	att.set(unix("uid:1000"), unix("gid:1000"))
+	h := startAgent(t, fs, att)
+	c := newClient(t, h)
+	if _, err := c.FetchX509SVID(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := fs.stats(); n != 1 {
+		t.Fatalf("%d X.509-SVIDs requested, want 1 (none for the entry without selectors)", n)
+	}
+}

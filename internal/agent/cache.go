@@ -210,6 +210,11 @@ func (a *Agent) refreshWorkloads(ctx context.Context) error {
 			a.cfg.Logger.Warn("agent: ignoring workload entry with an invalid SPIFFE ID", "spiffe_id", truncate(e.SPIFFEID, 256))
 			continue
 		}
+		if len(e.Selectors) == 0 {
+			// No local process can ever match it: holding an SVID for it
+			// would only put a key for another identity on this node.
+			continue
+		}
 		if _, dup := next[id.String()]; dup || len(next) >= maxEntries {
 			continue
 		}
