@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"postern.dev/postern/internal/introspect"
 	"postern.dev/postern/internal/policy"
 	"postern.dev/postern/internal/token"
 )
@@ -143,6 +144,9 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 	// Parse once; the unverified issuer only chooses the verifier.
 	parsed, err := token.Parse(raw, s.cfg.MaxTokenBytes)
 	if err != nil {
+		if errors.Is(err, token.ErrMalformed) && len(st.opaque) > 0 {
+			return s.verifyOpaque(ctx, raw, st, what)
+		}
 		return nil, grantErr(what, err)
 	}
 	iss := parsed.UnverifiedIssuer()
@@ -167,7 +171,7 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 		return &subject{claims: claims, self: true}, nil
 	}
 	ei, ok := st.issuers[iss]
-	if !ok {
+	if !ok || ei.verifier == nil {
 		return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s issuer %q is not trusted", what, iss))
 	}
 	claims, err := ei.verifier.VerifyParsed(ctx, parsed)
@@ -188,6 +192,36 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 		return nil, oauthErr(codeInvalidGrant, what+" has no sub")
 	}
 	return &subject{claims: claims, ext: ei}, nil
+}
+
+// verifyOpaque asks the trusted issuers that introspect (RFC 7662), in
+// name order, about a token that is not a JWT. The first that reports it
+// active, for an accepted audience, vouches for it; an unreachable
+// endpoint is never taken for an answer.
+func (s *Service) verifyOpaque(ctx context.Context, raw string, st *state, what string) (*subject, *Error) {
+	var unavailable error
+	for _, ei := range st.opaque {
+		claims, err := ei.introspect.Introspect(ctx, raw)
+		if errors.Is(err, introspect.ErrUnavailable) {
+			unavailable = err
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		accepted := false
+		for _, aud := range claims.Audience {
+			accepted = accepted || ei.aud[aud]
+		}
+		if !accepted {
+			return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s audience is not accepted for issuer %q", what, ei.res.Issuer))
+		}
+		return &subject{claims: claims, ext: ei}, nil
+	}
+	if unavailable != nil {
+		return nil, oauthErr(codeServerError, what+" could not be introspected: the issuer is unavailable").withStatus(http.StatusServiceUnavailable).withCause(unavailable)
+	}
+	return nil, oauthErr(codeInvalidGrant, what+" is neither a JWT nor an active token of a trusted issuer")
 }
 
 func grantErr(what string, err error) *Error {

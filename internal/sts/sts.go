@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"postern.dev/postern/internal/introspect"
 	"postern.dev/postern/internal/keys"
 	"postern.dev/postern/internal/policy"
 	"postern.dev/postern/internal/store"
@@ -98,8 +101,9 @@ type Service struct {
 	revoked *revocations
 	secrets *secretCache
 
-	remoteMu sync.Mutex
-	remotes  map[string]*token.RemoteKeySet // by JWKS URI or discovery issuer
+	remoteMu      sync.Mutex
+	remotes       map[string]*token.RemoteKeySet // by JWKS URI or discovery issuer
+	introspectors map[string]*introspect.Client  // by configuration hash
 
 	runCtx context.Context
 }
@@ -108,14 +112,16 @@ type Service struct {
 type state struct {
 	engine  *policy.Engine
 	issuers map[string]*externalIssuer
+	opaque  []*externalIssuer  // issuers that introspect opaque tokens, in name order
 	clients map[string]*client // by SPIFFE ID
 }
 
 type externalIssuer struct {
-	res      *policy.TrustedIssuer
-	verifier *token.Verifier
-	aud      map[string]bool
-	claims   map[string]bool
+	res        *policy.TrustedIssuer
+	verifier   *token.Verifier    // nil when the issuer only issues opaque tokens
+	introspect *introspect.Client // nil without an introspection endpoint
+	aud        map[string]bool
+	claims     map[string]bool
 }
 
 // New returns a Service. It refuses to run without the required parts.
@@ -169,7 +175,9 @@ func New(cfg Config) (*Service, error) {
 		cfg:     cfg,
 		revoked: newRevocations(),
 		remotes: map[string]*token.RemoteKeySet{},
-		runCtx:  context.Background(),
+
+		introspectors: map[string]*introspect.Client{},
+		runCtx:        context.Background(),
 	}
 	s.secrets = newSecretCache(cfg.Store, cfg.Now)
 	own := token.KeySetFunc(func(_ context.Context, kid string) (jose.JSONWebKey, error) {
@@ -245,22 +253,35 @@ func (s *Service) SetEngine(e *policy.Engine) error {
 		if ti.Issuer == s.cfg.Issuer {
 			return fmt.Errorf("sts: trusted issuer %q is this STS itself", ti.Name)
 		}
-		ks, err := s.issuerKeys(&ti)
-		if err != nil {
-			return fmt.Errorf("sts: trusted issuer %q: %w", ti.Name, err)
+		ei := &externalIssuer{res: &ti, aud: map[string]bool{}, claims: map[string]bool{}}
+		if ti.JWKS != nil || ti.JWKSURI != "" || ti.Discovery {
+			ks, err := s.issuerKeys(&ti)
+			if err != nil {
+				return fmt.Errorf("sts: trusted issuer %q: %w", ti.Name, err)
+			}
+			algs, err := token.ParseAlgorithms(ti.Algorithms)
+			if err != nil {
+				return fmt.Errorf("sts: trusted issuer %q: %w", ti.Name, err)
+			}
+			ei.verifier, err = token.NewVerifier(token.VerifierConfig{
+				Issuer: ti.Issuer, Keys: ks, Algorithms: algs,
+				Leeway: s.cfg.Leeway, MaxSize: s.cfg.MaxTokenBytes, Now: s.cfg.Now,
+			})
+			if err != nil {
+				return fmt.Errorf("sts: trusted issuer %q: %w", ti.Name, err)
+			}
 		}
-		algs, err := token.ParseAlgorithms(ti.Algorithms)
-		if err != nil {
-			return fmt.Errorf("sts: trusted issuer %q: %w", ti.Name, err)
+		if in := ti.Introspection; in != nil {
+			ic, err := s.introspector(&ti)
+			if err != nil {
+				return fmt.Errorf("sts: trusted issuer %q: introspection: %w", ti.Name, err)
+			}
+			ei.introspect = ic
+			st.opaque = append(st.opaque, ei)
 		}
-		v, err := token.NewVerifier(token.VerifierConfig{
-			Issuer: ti.Issuer, Keys: ks, Algorithms: algs,
-			Leeway: s.cfg.Leeway, MaxSize: s.cfg.MaxTokenBytes, Now: s.cfg.Now,
-		})
-		if err != nil {
-			return fmt.Errorf("sts: trusted issuer %q: %w", ti.Name, err)
+		if ei.verifier == nil && ei.introspect == nil {
+			return fmt.Errorf("sts: trusted issuer %q has neither keys nor an introspection endpoint", ti.Name)
 		}
-		ei := &externalIssuer{res: &ti, verifier: v, aud: map[string]bool{}, claims: map[string]bool{}}
 		for _, a := range ti.Audiences {
 			ei.aud[a] = true
 		}
@@ -306,6 +327,34 @@ func (s *Service) issuerKeys(ti *policy.TrustedIssuer) (token.KeySet, error) {
 	default:
 		return nil, errors.New("no key source")
 	}
+}
+
+// introspector returns the RFC 7662 client of a TrustedIssuer, reading its
+// client secret from the configured file. Clients are kept across resource
+// updates while their configuration and secret are unchanged, so their
+// caches survive.
+func (s *Service) introspector(ti *policy.TrustedIssuer) (*introspect.Client, error) {
+	in := ti.Introspection
+	secret, err := os.ReadFile(in.ClientSecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("client secret: %w", err)
+	}
+	sum := sha256.Sum256(append([]byte(ti.Issuer+"\x00"+in.Endpoint+"\x00"+in.ClientID+"\x00"), secret...))
+	key := "introspect " + hex.EncodeToString(sum[:])
+	s.remoteMu.Lock()
+	defer s.remoteMu.Unlock()
+	if c, ok := s.introspectors[key]; ok {
+		return c, nil
+	}
+	c, err := introspect.New(introspect.Config{
+		Endpoint: in.Endpoint, ClientID: in.ClientID, ClientSecret: strings.TrimSpace(string(secret)),
+		Issuer: ti.Issuer, HTTPClient: s.cfg.HTTPClient, Now: s.cfg.Now, MaxTokenBytes: s.cfg.MaxTokenBytes,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.introspectors[key] = c
+	return c, nil
 }
 
 // Handler returns the HTTP handler for every STS endpoint.
