@@ -64,6 +64,7 @@ the trust domain's token service and bound to the caller's certificate).`,
 	root.AddCommand(
 		newServerCmd(e),
 		newAgentCmd(e),
+		newSidecarCmd(e),
 		newTokenCmd(e),
 		newCACmd(e),
 		newPolicyCmd(e),

@@ -1,0 +1,291 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"sigs.k8s.io/yaml"
+
+	"postern.dev/postern/internal/policy"
+)
+
+// Config is the sidecar's configuration, as written in sidecar.yaml and
+// read strictly (an unknown field is an error). Zero values mean the
+// documented defaults. Relative paths are resolved against the directory of
+// the configuration file.
+type Config struct {
+	// TrustDomain is the SPIFFE trust domain, e.g. quickstart.local.
+	// Required.
+	TrustDomain string `json:"trustDomain"`
+	// SPIFFE says where the sidecar's X.509-SVID and the trust bundle come
+	// from: exactly one of workloadAPI and files.
+	SPIFFE IdentitySource `json:"spiffe"`
+	// SPIFFEID, when set, is the ID the sidecar's SVID must carry; by
+	// default whatever the source hands out is used.
+	SPIFFEID string `json:"spiffeID,omitempty"`
+	// STS is the trust domain's token service, the issuer of the tokens
+	// this sidecar accepts and the one it exchanges tokens at.
+	STS STSConfig `json:"sts"`
+	// Audience is the aud that inbound tokens must carry; default the
+	// sidecar's SPIFFE ID (a Workload's default audience).
+	Audience string `json:"audience,omitempty"`
+	// Policies is a directory of AuthorizationPolicy (and Workload)
+	// resources, watched for changes with last-known-good semantics.
+	// Required: without an ALLOW policy every request is denied.
+	Policies string `json:"policies"`
+	// PolicyReloadInterval is how often Policies is checked; default 2s.
+	PolicyReloadInterval policy.Duration `json:"policyReloadInterval,omitempty"`
+	// ClockSkew is tolerated on token exp, nbf and iat; default 30s.
+	ClockSkew policy.Duration `json:"clockSkew,omitempty"`
+	// Inbound configures the mutual TLS listener in front of the app.
+	Inbound InboundListener `json:"inbound"`
+	// Outbound configures the listener the app sends its calls to.
+	Outbound OutboundConfig `json:"outbound,omitempty"`
+	// Admin configures the plain HTTP listener of /healthz, /readyz and
+	// /metrics.
+	Admin AdminConfig `json:"admin,omitempty"`
+	// DrainTimeout bounds the graceful drain on shutdown; default 15s.
+	DrainTimeout policy.Duration `json:"drainTimeout,omitempty"`
+	// Log configures logging (used by postern sidecar).
+	Log LogConfig `json:"log,omitempty"`
+}
+
+// IdentitySource selects where the SVID and bundle come from.
+type IdentitySource struct {
+	// WorkloadAPI reads them from a SPIFFE Workload API socket (postern
+	// agent, SPIRE agent...).
+	WorkloadAPI *WorkloadAPISource `json:"workloadAPI,omitempty"`
+	// Files reads them from PEM files, re-read when they change.
+	Files *FilesSource `json:"files,omitempty"`
+}
+
+// WorkloadAPISource is the address of a SPIFFE Workload API.
+type WorkloadAPISource struct {
+	// Socket is the Workload API address, e.g. unix:///run/postern/agent.sock.
+	Socket string `json:"socket"`
+}
+
+// FilesSource names the PEM files of an SVID and a bundle.
+type FilesSource struct {
+	// Cert is the SVID's certificate chain, leaf first.
+	Cert string `json:"cert"`
+	// Key is the SVID's private key (PKCS#8).
+	Key string `json:"key"`
+	// Bundle holds the trust domain's X.509 authorities.
+	Bundle string `json:"bundle"`
+}
+
+// STSConfig locates the token service.
+type STSConfig struct {
+	// Issuer is the STS's issuer URL (https), the iss of every token it
+	// issues. Required.
+	Issuer string `json:"issuer"`
+	// JWKSURI is the STS's key set; default: found by discovery from the
+	// issuer.
+	JWKSURI string `json:"jwksURI,omitempty"`
+	// TokenEndpoint is where tokens are exchanged; default
+	// <issuer>/oauth2/token.
+	TokenEndpoint string `json:"tokenEndpoint,omitempty"`
+	// SPIFFEID is the STS's own SPIFFE ID, checked on its certificate;
+	// default spiffe://<trust domain>/postern/server.
+	SPIFFEID string `json:"spiffeID,omitempty"`
+}
+
+// InboundListener configures the inbound side.
+type InboundListener struct {
+	// Listen is the mutual TLS listen address; default :15006.
+	Listen string `json:"listen,omitempty"`
+	// App is the application's address, a loopback host:port. Required.
+	App string `json:"app"`
+	// ForwardToken forwards the verified bearer token to the app; by
+	// default it is removed and the app gets X-Postern-Context instead.
+	ForwardToken bool `json:"forwardToken,omitempty"`
+}
+
+// AdminConfig configures the admin listener.
+type AdminConfig struct {
+	// Listen is the plain HTTP admin address; default 127.0.0.1:15000.
+	Listen string `json:"listen,omitempty"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is debug, info (default), warn or error.
+	Level string `json:"level,omitempty"`
+	// Format is json, text or auto (default: text on a terminal).
+	Format string `json:"format,omitempty"`
+}
+
+// Defaults.
+const (
+	DefaultInboundListen = ":15006"
+	DefaultAdminListen   = "127.0.0.1:15000"
+	defaultDrain         = 15 * time.Second
+	maxConfigBytes       = 1 << 20
+)
+
+// LoadConfig reads and validates a configuration file.
+func LoadConfig(path string) (*Config, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: config: %w", err)
+	}
+	if fi.Size() > maxConfigBytes {
+		return nil, fmt.Errorf("proxy: config %s is larger than 1 MiB", path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: config: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: config %s: %w", path, err)
+	}
+	c.resolve(filepath.Dir(path))
+	return c, nil
+}
+
+// ParseConfig decodes and validates a configuration; relative paths stay
+// relative.
+func ParseConfig(b []byte) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) resolve(base string) {
+	paths := []*string{&c.Policies}
+	if f := c.SPIFFE.Files; f != nil {
+		paths = append(paths, &f.Cert, &f.Key, &f.Bundle)
+	}
+	for _, p := range paths {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+}
+
+// Validate checks the configuration and fills in defaults.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		bad("trustDomain: %v", err)
+	}
+	switch s := c.SPIFFE; {
+	case (s.WorkloadAPI == nil) == (s.Files == nil):
+		bad("spiffe: exactly one of workloadAPI and files is required")
+	case s.WorkloadAPI != nil:
+		if u, err := url.Parse(s.WorkloadAPI.Socket); err != nil || (u.Scheme != "unix" && u.Scheme != "tcp") {
+			bad("spiffe.workloadAPI.socket: want unix:///path or tcp://host:port, got %q", s.WorkloadAPI.Socket)
+		}
+	default:
+		if s.Files.Cert == "" || s.Files.Key == "" || s.Files.Bundle == "" {
+			bad("spiffe.files: cert, key and bundle are required")
+		}
+	}
+	if c.SPIFFEID != "" {
+		id, err := spiffeid.FromString(c.SPIFFEID)
+		if err != nil {
+			bad("spiffeID: %v", err)
+		} else if !td.IsZero() && id.TrustDomain() != td {
+			bad("spiffeID: %q is not in trust domain %q", c.SPIFFEID, c.TrustDomain)
+		}
+	}
+	if u, err := url.Parse(c.STS.Issuer); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		bad("sts.issuer: want an https URL, got %q", c.STS.Issuer)
+	}
+	for _, f := range []struct{ name, v string }{{"sts.jwksURI", c.STS.JWKSURI}, {"sts.tokenEndpoint", c.STS.TokenEndpoint}} {
+		name, v := f.name, f.v
+		if v == "" {
+			continue
+		}
+		if u, err := url.Parse(v); err != nil || u.Scheme != "https" || u.Host == "" {
+			bad("%s: want an https URL, got %q", name, v)
+		}
+	}
+	if c.STS.SPIFFEID != "" {
+		if _, err := spiffeid.FromString(c.STS.SPIFFEID); err != nil {
+			bad("sts.spiffeID: %v", err)
+		}
+	}
+	if c.Policies == "" {
+		bad("policies: a directory of AuthorizationPolicy resources is required")
+	}
+	if c.Inbound.Listen == "" {
+		c.Inbound.Listen = DefaultInboundListen
+	}
+	if _, _, err := net.SplitHostPort(c.Inbound.Listen); err != nil {
+		bad("inbound.listen: %v", err)
+	}
+	if err := checkLoopback(c.Inbound.App); err != nil {
+		bad("inbound.app: %v", err)
+	} else if _, port, _ := net.SplitHostPort(c.Inbound.App); port == "0" {
+		bad("inbound.app: %q has no port", c.Inbound.App)
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = DefaultAdminListen
+	}
+	if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+		bad("admin.listen: %v", err)
+	}
+	for _, f := range []struct {
+		name string
+		d    policy.Duration
+	}{{"clockSkew", c.ClockSkew}, {"policyReloadInterval", c.PolicyReloadInterval}, {"drainTimeout", c.DrainTimeout}} {
+		if f.d < 0 {
+			bad("%s: must not be negative", f.name)
+		}
+	}
+	if c.ClockSkew > policy.Duration(5*time.Minute) {
+		bad("clockSkew: at most 5m")
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = policy.Duration(defaultDrain)
+	}
+	if err := c.Outbound.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.STS.SPIFFEID == "" && !td.IsZero() {
+		c.STS.SPIFFEID = "spiffe://" + td.Name() + "/postern/server"
+	}
+	if c.STS.TokenEndpoint == "" && c.STS.Issuer != "" {
+		c.STS.TokenEndpoint = strings.TrimSuffix(c.STS.Issuer, "/") + "/oauth2/token"
+	}
+	return errors.Join(errs...)
+}
+
+// checkLoopback accepts host:port where host is a loopback IP or localhost:
+// plain HTTP (to the application, from it) must not leave the host.
+func checkLoopback(addr string) error {
+	if addr == "" {
+		return errors.New("the application's loopback address is required")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if port == "" {
+		return fmt.Errorf("%q has no port", addr)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address", addr)
+	}
+	return nil
+}

@@ -1,0 +1,626 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"postern.dev/postern/internal/exchange"
+	"postern.dev/postern/internal/token"
+)
+
+// Exchanger obtains per-hop tokens; *exchange.Client implements it.
+type Exchanger interface {
+	Exchange(ctx context.Context, subjectToken, audience string) (*exchange.Token, error)
+	ClientCredentials(ctx context.Context, audience string) (*exchange.Token, error)
+}
+
+// OutboundOptions configure NewOutbound. Zero values mean defaults where
+// one is documented.
+type OutboundOptions struct {
+	// Config holds the upstreams, bounds and timeouts; it is validated
+	// (and defaulted) by NewOutbound.
+	Config OutboundConfig
+	// Contexts resolves X-Postern-Context ids handed out inbound; nil
+	// refuses every context id.
+	Contexts *ContextStore
+	// Exchange obtains the tokens sent upstream. Required.
+	Exchange Exchanger
+	// SVID is the sidecar's own X.509-SVID, presented to upstreams.
+	// Required.
+	SVID x509svid.Source
+	// Bundle verifies upstreams' SVIDs. Required.
+	Bundle x509bundle.Source
+	// Registerer receives the outbound metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Logger receives one line per failed request (never a token);
+	// default discard.
+	Logger *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Outbound is the outbound half of the sidecar: an http.Handler for the
+// application's plain HTTP calls (forward-proxy absolute-form requests, or
+// Host: <upstream name>) that obtains a per-hop token for the upstream and
+// forwards the call over mutual TLS to one of the upstream's addresses,
+// refusing a server whose SPIFFE ID is not the expected one.
+type Outbound struct {
+	cfg       OutboundConfig
+	contexts  *ContextStore
+	exchange  Exchanger
+	svid      x509svid.Source
+	bundle    x509bundle.Source
+	log       *slog.Logger
+	now       func() time.Time
+	upstreams map[string]*upstream
+	metrics   *outboundMetrics
+	thumb     atomic.Pointer[thumbMemo]
+	buffers   *bufferPool
+}
+
+type thumbMemo struct {
+	leaf       *x509.Certificate
+	thumbprint string
+}
+
+var _ http.Handler = (*Outbound)(nil)
+
+// NewOutbound validates opts and builds the handler. Connections are made
+// on demand.
+func NewOutbound(opts OutboundOptions) (*Outbound, error) {
+	if opts.Exchange == nil || opts.SVID == nil || opts.Bundle == nil {
+		return nil, errors.New("proxy: outbound: Exchange, SVID and Bundle are required")
+	}
+	cfg := opts.Config
+	cfg.Upstreams = append([]Upstream(nil), cfg.Upstreams...)
+	for i := range cfg.Upstreams {
+		cfg.Upstreams[i].Addresses = append([]string(nil), cfg.Upstreams[i].Addresses...)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy: outbound: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	o := &Outbound{
+		cfg: cfg, contexts: opts.Contexts, exchange: opts.Exchange, svid: opts.SVID, bundle: opts.Bundle,
+		log: opts.Logger, now: opts.Now, upstreams: map[string]*upstream{},
+	}
+	o.buffers = &bufferPool{}
+	names := make([]string, 0, len(cfg.Upstreams))
+	for i, u := range cfg.Upstreams {
+		id, _ := spiffeid.FromString(u.SPIFFEID) // validated
+		up := &upstream{Upstream: u, id: id, o: o, metric: i}
+		up.proxy = &httputil.ReverseProxy{
+			Rewrite:       up.rewrite,
+			Transport:     up,
+			FlushInterval: -1,
+			BufferPool:    o.buffers,
+			ErrorHandler:  up.proxyError,
+			ModifyResponse: func(res *http.Response) error {
+				// An HTTP/2 upstream may send Content-Length with
+				// trailers; an HTTP/1.1 application needs chunking to get
+				// them.
+				if len(res.Trailer) > 0 {
+					res.Header.Del("Content-Length")
+					res.ContentLength = -1
+				}
+				return nil
+			},
+			ErrorLog: log.New(discardWriter{}, "", 0),
+		}
+		o.upstreams[u.Name] = up
+		names = append(names, u.Name)
+	}
+	var stats func() exchange.Stats
+	if s, ok := opts.Exchange.(interface{ Stats() exchange.Stats }); ok {
+		stats = s.Stats
+	}
+	o.metrics = newOutboundMetrics(names, stats)
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(o.metrics); err != nil {
+			return nil, fmt.Errorf("proxy: outbound metrics: %w", err)
+		}
+	}
+	return o, nil
+}
+
+// NewServer returns an http.Server for the outbound listener with the
+// configured header bound and timeouts, serving HTTP/1.1 and unencrypted
+// HTTP/2 (prior knowledge, as gRPC clients speak it on loopback).
+func (o *Outbound) NewServer(errorLog *log.Logger) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           o,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    o.cfg.MaxHeaderBytes,
+		Protocols:         &p,
+		ErrorLog:          errorLog,
+	}
+}
+
+// Listen returns the configured listen address.
+func (o *Outbound) Listen() string { return o.cfg.Listen }
+
+// Close releases the idle connections of every upstream pool.
+func (o *Outbound) Close() {
+	for _, u := range o.upstreams {
+		u.closeIdle()
+	}
+}
+
+// Error codes of the JSON error body.
+const (
+	errMethodNotAllowed = "method_not_allowed"
+	errHeaderTooLarge   = "request_header_too_large"
+	errInvalidRequest   = "invalid_request"
+	errUnknownUpstream  = "unknown_upstream"
+	errUnknownContext   = "unknown_context"
+	errExchangeRefused  = "token_exchange_refused"
+	errSTSUnavailable   = "token_service_unavailable"
+	errBadGateway       = "bad_gateway"
+	errCertRotating     = "certificate_rotating"
+)
+
+// outboundFault is a refusal before forwarding: the answer's status, error
+// code, safe reason and decision id, and the internal cause (logged only).
+type outboundFault struct {
+	status                 int
+	code, reason, decision string
+	cause                  error
+}
+
+func fault(status int, code, reason string) *outboundFault {
+	return &outboundFault{status: status, code: code, reason: reason}
+}
+
+// ServeHTTP handles one call from the application.
+func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := o.now()
+	sw := &statusWriter{ResponseWriter: w}
+	up := o.serve(sw, r)
+	o.metrics.observe(up, sw.code(), o.now().Sub(start))
+}
+
+func (o *Outbound) serve(w *statusWriter, r *http.Request) *upstream {
+	if r.Method == http.MethodConnect {
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		o.fail(w, r, nil, http.StatusMethodNotAllowed, errMethodNotAllowed, "CONNECT is refused: send plain HTTP so the sidecar can add the token", "", nil)
+		return nil
+	}
+	if headerSize(r) > o.cfg.MaxHeaderBytes {
+		o.fail(w, r, nil, http.StatusRequestHeaderFieldsTooLarge, errHeaderTooLarge, fmt.Sprintf("the request header exceeds %d bytes", o.cfg.MaxHeaderBytes), "", nil)
+		return nil
+	}
+	host := r.Host
+	if r.URL.IsAbs() {
+		if r.URL.Scheme != "http" {
+			o.fail(w, r, nil, http.StatusBadRequest, errInvalidRequest, "only http:// URLs are proxied (the sidecar originates TLS)", "", nil)
+			return nil
+		}
+		host = r.URL.Host
+	}
+	up := o.route(host)
+	if up == nil {
+		o.fail(w, r, nil, http.StatusBadGateway, errUnknownUpstream, "no upstream is configured for this host", "", nil)
+		return nil
+	}
+	var tr *http.Transport
+	var tok *exchange.Token
+	// Twice at most: a certificate rotation between the exchange and the
+	// choice of pool makes the token unusable; the second exchange is
+	// for the new certificate.
+	for attempt := 0; tr == nil; attempt++ {
+		var fault *outboundFault
+		if tok, fault = o.token(r, up); fault != nil {
+			o.fail(w, r, up, fault.status, fault.code, fault.reason, fault.decision, fault.cause)
+			return up
+		}
+		var err error
+		if tr, err = o.pool(up, tok); err != nil && attempt == 1 {
+			o.fail(w, r, up, http.StatusServiceUnavailable, errCertRotating, "the sidecar's certificate is rotating; retry", "", err)
+			return up
+		}
+	}
+	ctx := context.WithValue(r.Context(), outboundKey{}, &outboundCall{token: tok.Raw, transport: tr})
+	up.proxy.ServeHTTP(w, r.WithContext(ctx))
+	return up
+}
+
+// route finds the upstream named by host (with or without a port).
+func (o *Outbound) route(host string) *upstream {
+	if len(host) > 260 {
+		return nil
+	}
+	name := strings.ToLower(host)
+	if up := o.upstreams[name]; up != nil {
+		return up
+	}
+	if h, _, err := net.SplitHostPort(name); err == nil {
+		return o.upstreams[h]
+	}
+	if inner, ok := strings.CutPrefix(name, "["); ok {
+		if inner, ok = strings.CutSuffix(inner, "]"); ok && net.ParseIP(inner) != nil {
+			return o.upstreams[inner]
+		}
+	}
+	return nil
+}
+
+// token finds the user context of the call and obtains the token for up:
+// exchanged from the context's token or the forwarded bearer token, or
+// client credentials when there is no user context.
+func (o *Outbound) token(r *http.Request, up *upstream) (*exchange.Token, *outboundFault) {
+	ids := r.Header.Values(HeaderContext)
+	auths := r.Header.Values("Authorization")
+	if len(ids) > 1 || len(auths) > 1 {
+		return nil, fault(http.StatusBadRequest, errInvalidRequest, "more than one X-Postern-Context or Authorization header")
+	}
+	var subject string
+	if len(auths) == 1 {
+		if scheme, cred, _ := strings.Cut(strings.TrimSpace(auths[0]), " "); strings.EqualFold(scheme, "Bearer") {
+			subject = strings.TrimSpace(cred)
+			if subject == "" {
+				return nil, fault(http.StatusBadRequest, errInvalidRequest, "empty bearer token")
+			}
+		}
+		// Another scheme is the application's own business with no
+		// meaning for the mesh: removed, and the call has no user context.
+	}
+	if len(ids) == 1 {
+		if subject != "" {
+			return nil, fault(http.StatusBadRequest, errInvalidRequest, "both X-Postern-Context and a bearer token: send one user context")
+		}
+		var ok bool
+		if o.contexts != nil {
+			subject, ok = o.contexts.Get(ids[0])
+		}
+		if !ok {
+			return nil, fault(http.StatusUnauthorized, errUnknownContext, "X-Postern-Context is unknown or has expired")
+		}
+	}
+	ctx := r.Context()
+	var tok *exchange.Token
+	var err error
+	if subject == "" {
+		tok, err = o.exchange.ClientCredentials(ctx, up.Audience)
+	} else {
+		tok, err = o.exchange.Exchange(ctx, subject, up.Audience)
+	}
+	if err == nil {
+		return tok, nil
+	}
+	var xe *exchange.Error
+	switch {
+	case errors.Is(err, exchange.ErrUnavailable):
+		return nil, &outboundFault{http.StatusServiceUnavailable, errSTSUnavailable, "the token service cannot be reached", decisionOf(err), err}
+	case errors.As(err, &xe):
+		reason := xe.Code
+		if xe.Description != "" {
+			reason += ": " + xe.Description
+		}
+		if subject == "" {
+			reason = "client credentials refused: " + reason
+		}
+		return nil, &outboundFault{http.StatusForbidden, errExchangeRefused, reason, xe.DecisionID, err}
+	case ctx.Err() != nil:
+		return nil, &outboundFault{http.StatusServiceUnavailable, errSTSUnavailable, "the request was cancelled", "", err}
+	default:
+		// Input faults found before any STS call (size bounds).
+		return nil, &outboundFault{http.StatusBadRequest, errInvalidRequest, err.Error(), "", err}
+	}
+}
+
+func decisionOf(err error) string {
+	var xe *exchange.Error
+	if errors.As(err, &xe) {
+		return xe.DecisionID
+	}
+	return ""
+}
+
+// currentSVID returns the current SVID and its x5t#S256.
+func (o *Outbound) currentSVID() (*x509svid.SVID, string, error) {
+	s, err := o.svid.GetX509SVID()
+	if err != nil {
+		return nil, "", err
+	}
+	if s == nil || len(s.Certificates) == 0 {
+		return nil, "", errors.New("proxy: outbound: the SVID source returned no certificate")
+	}
+	leaf := s.Certificates[0]
+	if m := o.thumb.Load(); m != nil && m.leaf == leaf {
+		return s, m.thumbprint, nil
+	}
+	m := &thumbMemo{leaf: leaf, thumbprint: token.Thumbprint(leaf)}
+	o.thumb.Store(m)
+	return s, m.thumbprint, nil
+}
+
+// pool returns up's transport presenting the certificate tok is bound to.
+// A token bound to another certificate than the current one (a rotation
+// between the exchange and now) cannot be presented; the caller retries.
+func (o *Outbound) pool(up *upstream, tok *exchange.Token) (*http.Transport, error) {
+	svid, tp, err := o.currentSVID()
+	if err != nil {
+		return nil, err
+	}
+	if tok.Thumbprint != "" && tok.Thumbprint != tp {
+		return nil, errors.New("proxy: outbound: the token is bound to another certificate than the current SVID")
+	}
+	return up.transport(svid, tp), nil
+}
+
+// fail answers with the JSON error body and logs the cause.
+func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, up *upstream, status int, code, reason, decision string, cause error) {
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.Int("status", status),
+		slog.String("error", code),
+		slog.String("reason", reason),
+	}
+	if up != nil {
+		attrs = append(attrs, slog.String("upstream", up.Name))
+	}
+	if decision != "" {
+		attrs = append(attrs, slog.String("decision_id", decision))
+	}
+	if cause != nil {
+		attrs = append(attrs, slog.String("cause", cause.Error()))
+	}
+	o.log.LogAttrs(r.Context(), slog.LevelWarn, "outbound request failed", attrs...)
+	writeOutboundError(w, status, code, reason, decision)
+}
+
+func writeOutboundError(w http.ResponseWriter, status int, code, reason, decision string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Error      string `json:"error"`
+		Reason     string `json:"reason"`
+		DecisionID string `json:"decision_id,omitempty"`
+	}{code, reason, decision})
+}
+
+// headerSize approximates the request header's size on the wire.
+func headerSize(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Host) + 16
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// outboundKey carries an *outboundCall from ServeHTTP to the upstream's
+// RoundTrip through the request context.
+type outboundKey struct{}
+
+type outboundCall struct {
+	token     string
+	transport *http.Transport
+}
+
+// upstream is one configured upstream with its pools: one transport per
+// own certificate (tokens are bound to it), the current one and the one
+// before a rotation, so calls in flight finish on their connections.
+type upstream struct {
+	Upstream
+	id     spiffeid.ID
+	o      *Outbound
+	metric int // index in outboundMetrics
+	proxy  *httputil.ReverseProxy
+	next   atomic.Uint32 // round-robin start among Addresses
+
+	mu        sync.Mutex
+	cur, prev *pinnedTransport
+}
+
+type pinnedTransport struct {
+	thumbprint string
+	t          *http.Transport
+}
+
+// RoundTrip sends the request on the transport chosen by ServeHTTP.
+func (u *upstream) RoundTrip(r *http.Request) (*http.Response, error) {
+	f, ok := r.Context().Value(outboundKey{}).(*outboundCall)
+	if !ok {
+		return nil, errors.New("proxy: outbound: no transport chosen")
+	}
+	return f.transport.RoundTrip(r)
+}
+
+// rewrite turns the application's request into the upstream request: https
+// to the upstream (the pool dials one of its addresses), no X-Postern-*
+// header, no Authorization from the application, the per-hop token.
+// ReverseProxy has already removed hop-by-hop and X-Forwarded headers.
+func (u *upstream) rewrite(pr *httputil.ProxyRequest) {
+	pr.Out.URL.Scheme = "https"
+	pr.Out.URL.Host = u.Name
+	pr.Out.Host = u.Name
+	h := pr.Out.Header
+	for k := range h {
+		if len(k) >= 10 && strings.EqualFold(k[:10], "X-Postern-") {
+			delete(h, k)
+		}
+	}
+	h.Del("Authorization")
+	if f, ok := pr.In.Context().Value(outboundKey{}).(*outboundCall); ok {
+		h.Set("Authorization", "Bearer "+f.token)
+	}
+}
+
+// proxyError answers a failed forward: 502 with the reason (a refused
+// SPIFFE ID shows here), 504 on a timeout.
+func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	status, reason := http.StatusBadGateway, "upstream "+u.Name+": "+err.Error()
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		status = http.StatusGatewayTimeout
+	}
+	if errors.Is(err, context.Canceled) {
+		status = 499 // the application went away; nobody reads this
+	}
+	u.o.fail(w, r, u, status, errBadGateway, reason, "", err)
+}
+
+// transport returns the pool presenting svid (whose thumbprint is tp).
+func (u *upstream) transport(svid *x509svid.SVID, tp string) *http.Transport {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case u.cur != nil && u.cur.thumbprint == tp:
+		return u.cur.t
+	case u.prev != nil && u.prev.thumbprint == tp:
+		return u.prev.t
+	}
+	if u.prev != nil {
+		u.prev.t.CloseIdleConnections()
+	}
+	u.prev, u.cur = u.cur, &pinnedTransport{thumbprint: tp, t: u.newTransport(svid)}
+	return u.cur.t
+}
+
+func (u *upstream) closeIdle() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, p := range []*pinnedTransport{u.cur, u.prev} {
+		if p != nil {
+			p.t.CloseIdleConnections()
+		}
+	}
+}
+
+// newTransport builds a keep-alive pool to u presenting svid and accepting
+// only u's SPIFFE ID, verified against the current bundle on every
+// handshake, resumed ones included.
+func (u *upstream) newTransport(svid *x509svid.SVID) *http.Transport {
+	cfg := tlsconfig.MTLSClientConfig(fixedSVID{svid}, u.o.bundle, tlsconfig.AuthorizeID(u.id))
+	verify := cfg.VerifyPeerCertificate
+	// VerifyPeerCertificate is skipped on resumed sessions;
+	// VerifyConnection is not: the SPIFFE check runs there, always.
+	cfg.VerifyPeerCertificate = nil
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		raw := make([][]byte, len(cs.PeerCertificates))
+		for i, c := range cs.PeerCertificates {
+			raw[i] = c.Raw
+		}
+		return verify(raw, nil)
+	}
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	cfg.MinVersion = tls.VersionTLS12
+	dialTimeout := time.Duration(u.o.cfg.DialTimeout)
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			// Try the addresses in turn, starting at a rotating index.
+			start := int(u.next.Add(1))
+			var errs []error
+			for i := range u.Addresses {
+				addr := u.Addresses[(start+i)%len(u.Addresses)]
+				c, err := dialer.DialContext(ctx, network, addr)
+				if err == nil {
+					return c, nil
+				}
+				errs = append(errs, err)
+				if ctx.Err() != nil {
+					break
+				}
+			}
+			return nil, errors.Join(errs...)
+		},
+		TLSClientConfig:       cfg,
+		TLSHandshakeTimeout:   dialTimeout,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   u.o.cfg.MaxIdlePerUpstream,
+		IdleConnTimeout:       time.Duration(u.o.cfg.IdleTimeout),
+		ResponseHeaderTimeout: time.Duration(u.o.cfg.ResponseHeaderTimeout),
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass bodies through as they are
+	}
+}
+
+// fixedSVID is an x509svid.Source that always returns one SVID: a pool's
+// connections present the certificate its tokens are bound to.
+type fixedSVID struct{ svid *x509svid.SVID }
+
+func (f fixedSVID) GetX509SVID() (*x509svid.SVID, error) { return f.svid, nil }
+
+// statusWriter records the final status code. Unwrap lets
+// http.ResponseController (used by ReverseProxy) reach Flush and Hijack.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+// bufferPool recycles ReverseProxy's copy buffers (32 KiB each).
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) == 32<<10 {
+		buf = buf[:cap(buf)]
+		b.p.Put(&buf)
+	}
+}
+
+type discardWriter struct{}
+
+func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,0 +1,343 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"postern.dev/postern/internal/policy"
+	"postern.dev/postern/internal/token"
+)
+
+// Identity is what the sidecar needs from a SPIFFE source: its own SVID and
+// the trust bundles. go-spiffe's workloadapi.X509Source and FileSource
+// implement it.
+type Identity interface {
+	x509svid.Source
+	x509bundle.Source
+}
+
+// SidecarOptions are the parts of a sidecar that are not configuration.
+// Zero values mean defaults.
+type SidecarOptions struct {
+	// Logger receives operational logs; default discard.
+	Logger *slog.Logger
+	// Audit receives the access/audit line of every request; default
+	// Logger with log=audit.
+	Audit *slog.Logger
+	// Identity replaces the source named in the configuration (tests).
+	Identity Identity
+	// Now returns the current time; default time.Now.
+	Now func() time.Time
+}
+
+// Sidecar is a running postern sidecar: the inbound mTLS listener in front
+// of the app, the outbound listener the app calls through, and the admin
+// listener. Build it with NewSidecar, serve with Run, release with Close.
+type Sidecar struct {
+	cfg      *Config
+	logger   *slog.Logger
+	now      func() time.Time
+	id       spiffeid.ID
+	identity Identity
+	closeID  func() error
+
+	keys     *token.RemoteKeySet
+	verdicts *VerdictCache
+	watcher  *policy.Watcher
+	contexts *ContextStore
+	inbound  *Inbound
+	outbound *Outbound
+	registry *prometheus.Registry
+
+	inLn, outLn, adminLn net.Listener
+	inSrv, outSrv, admin *http.Server
+
+	draining  atomic.Bool
+	closeOnce sync.Once
+}
+
+// NewSidecar builds a sidecar from a validated configuration and opens its
+// listeners. It waits for the first SVID from the Workload API (bounded by
+// ctx); the STS keys are fetched by Run.
+func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidecar, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy: config: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Audit == nil {
+		opts.Audit = opts.Logger.With(slog.String("log", "audit"))
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	s := &Sidecar{cfg: cfg, logger: opts.Logger, now: opts.Now, closeID: func() error { return nil }}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+
+	switch {
+	case opts.Identity != nil:
+		s.identity = opts.Identity
+	case cfg.SPIFFE.Files != nil:
+		f := cfg.SPIFFE.Files
+		fs, err := NewFileSource(f.Cert, f.Key, f.Bundle, td)
+		if err != nil {
+			return nil, err
+		}
+		s.identity, s.closeID = fs, fs.Close
+	default:
+		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.SPIFFE.WorkloadAPI.Socket)))
+		if err != nil {
+			return nil, fmt.Errorf("proxy: workload API: %w", err)
+		}
+		s.identity, s.closeID = src, src.Close
+	}
+	svid, err := s.identity.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("proxy: no SVID: %w", err)
+	}
+	s.id = svid.ID
+	if svid.ID.TrustDomain() != td {
+		return nil, fmt.Errorf("proxy: the SVID %s is not in trust domain %s", svid.ID, td)
+	}
+	if cfg.SPIFFEID != "" && svid.ID.String() != cfg.SPIFFEID {
+		return nil, fmt.Errorf("proxy: the SVID is for %s, the configuration says %s", svid.ID, cfg.SPIFFEID)
+	}
+	audience := cfg.Audience
+	if audience == "" {
+		audience = svid.ID.String()
+	}
+
+	stsID, err := spiffeid.FromString(cfg.STS.SPIFFEID)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: sts.spiffeID: %w", err)
+	}
+	stsClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   tlsconfig.TLSClientConfig(s.identity, tlsconfig.AuthorizeID(stsID)),
+		ForceAttemptHTTP2: true,
+		IdleConnTimeout:   90 * time.Second,
+	}}
+	rc := token.RemoteConfig{HTTPClient: stsClient, Now: opts.Now, Logger: opts.Logger}
+	if cfg.STS.JWKSURI != "" {
+		rc.JWKSURI = cfg.STS.JWKSURI
+	} else {
+		rc.DiscoveryIssuer = cfg.STS.Issuer
+	}
+	if s.keys, err = token.NewRemoteKeySet(rc); err != nil {
+		return nil, err
+	}
+	skew := time.Duration(cfg.ClockSkew)
+	if skew == 0 {
+		skew = 30 * time.Second
+	}
+	verifier, err := token.NewVerifier(token.VerifierConfig{
+		Issuer:     cfg.STS.Issuer,
+		Audience:   audience,
+		Algorithms: []jose.SignatureAlgorithm{jose.ES256, jose.EdDSA},
+		Types:      []string{"at+jwt"},
+		Leeway:     skew,
+		Keys:       s.keys,
+		Now:        opts.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.verdicts, err = NewVerdictCache(VerdictCacheConfig{Verifier: verifier, Leeway: skew, Now: opts.Now}); err != nil {
+		return nil, err
+	}
+	s.watcher, err = policy.NewWatcher(policy.WatcherConfig{
+		Dir:      cfg.Policies,
+		Interval: time.Duration(cfg.PolicyReloadInterval),
+		Options:  policy.CompileOptions{SelfIssuer: cfg.STS.Issuer, TrustDomain: cfg.TrustDomain},
+		Logger:   opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: policies: %w", err)
+	}
+	s.contexts = NewContextStore(0, opts.Now)
+
+	s.registry = prometheus.NewRegistry()
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := NewInboundMetrics(s.registry)
+	if err != nil {
+		return nil, err
+	}
+	if err := registerSidecarGauges(s.registry, s.identity, opts.Now, s.keys.Ready, s.verdicts.Len, s.contexts.Len); err != nil {
+		return nil, err
+	}
+	s.inbound, err = NewInbound(InboundConfig{
+		Workload:     svid.ID.String(),
+		Verdicts:     s.verdicts,
+		Policy:       s.watcher.Engine,
+		App:          cfg.Inbound.App,
+		ForwardToken: cfg.Inbound.ForwardToken,
+		Contexts:     s.contexts,
+		Metrics:      metrics,
+		Logger:       opts.Audit,
+		Now:          opts.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.outbound, err = s.newOutbound(td, opts); err != nil {
+		return nil, err
+	}
+
+	tlsCfg := tlsconfig.MTLSServerConfig(s.identity, s.identity, tlsconfig.AuthorizeMemberOf(td))
+	tlsCfg.MinVersion = tls.VersionTLS12
+	tlsCfg.NextProtos = []string{"h2", "http/1.1"}
+	errLog := slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)
+	s.inSrv = &http.Server{
+		Handler:           s.inbound,
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          errLog,
+	}
+	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
+	if s.inLn, err = net.Listen("tcp", cfg.Inbound.Listen); err != nil {
+		return nil, fmt.Errorf("proxy: inbound listener: %w", err)
+	}
+	if s.adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+		return nil, fmt.Errorf("proxy: admin listener: %w", err)
+	}
+	s.outSrv = s.outbound.NewServer(errLog)
+	if s.outLn, err = net.Listen("tcp", s.outbound.Listen()); err != nil {
+		return nil, fmt.Errorf("proxy: outbound listener: %w", err)
+	}
+	return s, nil
+}
+
+// ID returns the sidecar's SPIFFE ID.
+func (s *Sidecar) ID() spiffeid.ID { return s.id }
+
+// InboundAddr returns the address of the mutual TLS listener.
+func (s *Sidecar) InboundAddr() net.Addr { return s.inLn.Addr() }
+
+// AdminAddr returns the address of the admin listener.
+func (s *Sidecar) AdminAddr() net.Addr { return s.adminLn.Addr() }
+
+// OutboundAddr returns the address of the outbound listener.
+func (s *Sidecar) OutboundAddr() net.Addr { return s.outLn.Addr() }
+
+// Ready reports whether the sidecar holds a valid SVID and the STS keys, and
+// is not draining.
+func (s *Sidecar) Ready() bool {
+	if s.draining.Load() || !s.keys.Ready() {
+		return false
+	}
+	svid, err := s.identity.GetX509SVID()
+	return err == nil && len(svid.Certificates) > 0 && s.now().Before(svid.Certificates[0].NotAfter)
+}
+
+func (s *Sidecar) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Run serves until ctx is done, then drains: /readyz turns 503, the
+// listeners stop accepting, and requests in flight finish (bounded by
+// drainTimeout).
+func (s *Sidecar) Run(ctx context.Context) error {
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	go s.keys.Run(bg)
+	go s.watcher.Run(bg)
+	s.logger.Info("postern sidecar listening",
+		slog.String("spiffe_id", s.id.String()),
+		slog.String("inbound", s.inLn.Addr().String()),
+		slog.String("app", s.cfg.Inbound.App),
+		slog.String("outbound", s.outLn.Addr().String()),
+		slog.String("admin", s.adminLn.Addr().String()))
+
+	errc := make(chan error, 3)
+	n := 3
+	go func() { errc <- s.inSrv.ServeTLS(s.inLn, "", "") }()
+	go func() { errc <- s.outSrv.Serve(s.outLn) }()
+	go func() { errc <- s.admin.Serve(s.adminLn) }()
+	var runErr error
+	select {
+	case err := <-errc:
+		n--
+		runErr = fmt.Errorf("proxy: serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.draining.Store(true)
+	dctx, dcancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.DrainTimeout))
+	defer dcancel()
+	var wg sync.WaitGroup
+	for _, srv := range []*http.Server{s.inSrv, s.outSrv} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Shutdown(dctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.logger.Warn("drain cut short", slog.String("error", err.Error()))
+			}
+		}()
+	}
+	wg.Wait()
+	_ = s.admin.Shutdown(dctx)
+	for range n {
+		if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) && runErr == nil {
+			runErr = fmt.Errorf("proxy: serve: %w", err)
+		}
+	}
+	s.logger.Info("postern sidecar stopped", slog.String("spiffe_id", s.id.String()))
+	return runErr
+}
+
+// Close releases the listeners, the pools and the identity source. Call it
+// after Run returns (or instead of Run).
+func (s *Sidecar) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		for _, l := range []net.Listener{s.inLn, s.outLn, s.adminLn} {
+			if l != nil {
+				_ = l.Close()
+			}
+		}
+		if s.inbound != nil {
+			s.inbound.Close()
+		}
+		if s.outbound != nil {
+			s.outbound.Close()
+		}
+		err = s.closeID()
+	})
+	return err
+}
