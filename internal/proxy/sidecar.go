@@ -109,7 +109,13 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 		}
 		s.identity, s.closeID = fs, fs.Close
 	default:
-		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.SPIFFE.WorkloadAPI.Socket)))
+		opts := []workloadapi.X509SourceOption{workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.SPIFFE.WorkloadAPI.Socket))}
+		if cfg.SPIFFEID != "" {
+			// Several workloads may run as the same user on one node: take
+			// exactly the configured identity, never whichever comes first.
+			opts = append(opts, workloadapi.WithDefaultX509SVIDPicker(svidPicker(cfg.SPIFFEID)))
+		}
+		src, err := workloadapi.NewX509Source(ctx, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("proxy: workload API: %w", err)
 		}
@@ -340,4 +346,17 @@ func (s *Sidecar) Close() error {
 		err = s.closeID()
 	})
 	return err
+}
+
+// svidPicker chooses the SVID for want among those the Workload API offers;
+// without it, the first is returned and then refused by the identity check.
+func svidPicker(want string) func([]*x509svid.SVID) *x509svid.SVID {
+	return func(svids []*x509svid.SVID) *x509svid.SVID {
+		for _, sv := range svids {
+			if sv.ID.String() == want {
+				return sv
+			}
+		}
+		return svids[0]
+	}
 }
