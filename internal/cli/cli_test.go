@@ -6,14 +6,21 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"postern.dev/postern/internal/server"
+	"postern.dev/postern/internal/testca"
+	"postern.dev/postern/internal/token"
 )
 
 // run executes the command line in process.
@@ -195,5 +202,45 @@ func TestQuickstartPolicies(t *testing.T) {
 	code, out, errs := run(t, "", "policy", "test", dir, "--self-issuer", "https://127.0.0.1:8443")
 	if code != 0 || !strings.Contains(out, "5 passed") {
 		t.Fatalf("policy test: %d %s %s", code, out, errs)
+	}
+}
+
+func TestTokenRevoke(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "server.yaml")
+	if err := os.WriteFile(cfgPath, []byte("trustDomain: example.test\ndataDir: data\nresources: res\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := testca.NewKey(t)
+	sg, err := token.NewSigner("k1", jose.ES256, k, token.TypeAccessToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sg.Sign(&token.Claims{Issuer: "https://sts.example", Subject: "alice", ID: "jti-1", SessionID: "session-1", Expiry: time.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := run(t, "", "token", "revoke", "--config", cfgPath, raw); code != 0 || !strings.Contains(out, "revoked jti") {
+		t.Fatalf("revoke: %d %s %s", code, out, errs)
+	}
+	code, out, errs := run(t, raw, "token", "revoke", "--config", cfgPath, "--family")
+	if code != 0 || !strings.Contains(out, "revoked sid session-1") {
+		t.Fatalf("revoke family: %d %s %s", code, out, errs)
+	}
+	cfg, err := server.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := server.Open(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	revs, err := st.Store.Revocations(context.Background(), time.Now())
+	if err != nil || len(revs) != 2 || revs[0].Kind == revs[1].Kind {
+		t.Fatalf("stored revocations = %+v, %v", revs, err)
+	}
+	if code, _, errs := run(t, "", "token", "revoke", "--config", cfgPath, "garbage"); code != 1 || !strings.Contains(errs, "malformed") {
+		t.Errorf("garbage: %d %s", code, errs)
 	}
 }

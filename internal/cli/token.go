@@ -24,6 +24,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spf13/cobra"
 
+	"postern.dev/postern/internal/store"
 	"postern.dev/postern/internal/token"
 )
 
@@ -32,7 +33,7 @@ func newTokenCmd(e *env) *cobra.Command {
 		Use:   "token",
 		Short: "Mint, inspect and verify JWTs",
 	}
-	cmd.AddCommand(newTokenMintCmd(e), newTokenInspectCmd(e), newTokenVerifyCmd(e))
+	cmd.AddCommand(newTokenMintCmd(e), newTokenInspectCmd(e), newTokenVerifyCmd(e), newTokenRevokeCmd(e))
 	return cmd
 }
 
@@ -334,3 +335,61 @@ func keyAlgorithm(key crypto.Signer, want string) (jose.SignatureAlgorithm, erro
 }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func newTokenRevokeCmd(e *env) *cobra.Command {
+	var (
+		flags  serverFlags
+		family bool
+	)
+	cmd := &cobra.Command{
+		Use:   "revoke [TOKEN]",
+		Short: "Revoke a token (or its whole family) issued by this trust domain's STS",
+		Long: `Record a revocation in the control plane's store, for an operator responding to
+a leaked token. The token is identified by its jti; with --family, by its sid,
+which revokes every token exchanged from the same first issuance (the whole
+user session across every hop). Running servers sharing the store apply it
+within 10 seconds: introspection reports the token inactive and the STS refuses
+to exchange it. Sidecars that already verified the token keep accepting it
+until it expires (at most its lifetime, 5 minutes by default).
+
+The token is read from the argument, or from standard input. Its signature is
+not checked: revoking an identifier can only deny more.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw, err := readTokenArg(e, args)
+			if err != nil {
+				return err
+			}
+			_, c, err := token.ParseUnverified(raw)
+			if err != nil {
+				return err
+			}
+			st, _, err := flags.open(e)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			now := time.Now()
+			rec := store.Revocation{Kind: "jti", ID: c.ID, ExpiresAt: c.Expiry.Add(time.Minute), CreatedAt: now}
+			if family {
+				// A family lives at most as long as the longest lifetime a
+				// policy may grant (24h) after its first token.
+				rec = store.Revocation{Kind: "sid", ID: c.SessionID, ExpiresAt: now.Add(24 * time.Hour), CreatedAt: now}
+			}
+			if rec.ID == "" {
+				return fmt.Errorf("the token has no %s to revoke it by", map[bool]string{false: "jti", true: "sid"}[family])
+			}
+			if c.Expiry.IsZero() && !family {
+				rec.ExpiresAt = now.Add(24 * time.Hour)
+			}
+			if err := st.Store.PutRevocation(e.ctx, rec); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "revoked %s %s (sub %q); servers apply it within 10s\n", rec.Kind, rec.ID, c.Subject)
+			return nil
+		},
+	}
+	flags.register(cmd, false)
+	cmd.Flags().BoolVar(&family, "family", false, "revoke every token descending from the same first issuance")
+	return cmd
+}
