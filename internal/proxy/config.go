@@ -64,6 +64,9 @@ type IdentitySource struct {
 	WorkloadAPI *WorkloadAPISource `json:"workloadAPI,omitempty"`
 	// Files reads them from PEM files, re-read when they change.
 	Files *FilesSource `json:"files,omitempty"`
+	// Attest attests directly to postern server (no agent) with a join
+	// token or a Kubernetes token, and renews the SVID at half-life.
+	Attest *AttestSource `json:"attest,omitempty"`
 }
 
 // WorkloadAPISource is the address of a SPIFFE Workload API.
@@ -170,6 +173,9 @@ func (c *Config) resolve(base string) {
 	if f := c.SPIFFE.Files; f != nil {
 		paths = append(paths, &f.Cert, &f.Key, &f.Bundle)
 	}
+	if a := c.SPIFFE.Attest; a != nil {
+		paths = append(paths, &a.Bundle, &a.JoinTokenFile, &a.K8sTokenFile)
+	}
 	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
@@ -186,8 +192,18 @@ func (c *Config) Validate() error {
 		bad("trustDomain: %v", err)
 	}
 	switch s := c.SPIFFE; {
-	case (s.WorkloadAPI == nil) == (s.Files == nil):
-		bad("spiffe: exactly one of workloadAPI and files is required")
+	case countSources(s) != 1:
+		bad("spiffe: exactly one of workloadAPI, files and attest is required")
+	case s.Attest != nil:
+		if u, err := url.Parse(s.Attest.Server); err != nil || u.Scheme != "https" || u.Host == "" {
+			bad("spiffe.attest.server: want an https URL, got %q", s.Attest.Server)
+		}
+		if s.Attest.Bundle == "" {
+			bad("spiffe.attest.bundle: required (the trust domain's roots, to trust the server)")
+		}
+		if s.Attest.JoinTokenFile != "" && s.Attest.K8sTokenFile != "" {
+			bad("spiffe.attest: joinTokenFile and k8sTokenFile are exclusive")
+		}
 	case s.WorkloadAPI != nil:
 		if u, err := url.Parse(s.WorkloadAPI.Socket); err != nil || (u.Scheme != "unix" && u.Scheme != "tcp") {
 			bad("spiffe.workloadAPI.socket: want unix:///path or tcp://host:port, got %q", s.WorkloadAPI.Socket)
@@ -288,4 +304,18 @@ func checkLoopback(addr string) error {
 		return fmt.Errorf("%q is not a loopback address", addr)
 	}
 	return nil
+}
+
+func countSources(s IdentitySource) int {
+	n := 0
+	if s.WorkloadAPI != nil {
+		n++
+	}
+	if s.Files != nil {
+		n++
+	}
+	if s.Attest != nil {
+		n++
+	}
+	return n
 }

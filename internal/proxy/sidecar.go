@@ -101,6 +101,13 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 	switch {
 	case opts.Identity != nil:
 		s.identity = opts.Identity
+	case cfg.SPIFFE.Attest != nil:
+		as, err := NewAttestedSource(ctx, *cfg.SPIFFE.Attest, td, opts.Logger, opts.Now)
+		if err != nil {
+			return nil, err
+		}
+		go as.Run(context.Background())
+		s.identity, s.closeID = as, as.Close
 	case cfg.SPIFFE.Files != nil:
 		f := cfg.SPIFFE.Files
 		fs, err := NewFileSource(f.Cert, f.Key, f.Bundle, td)

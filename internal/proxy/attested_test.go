@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"postern.dev/postern/internal/attest"
+	"postern.dev/postern/internal/server"
+)
+
+// TestAttestedSource attests a sidecar directly to a real server with a
+// join token for its Workload, renews its SVID, refreshes the bundle, and
+// refuses a replayed token.
+func TestAttestedSource(t *testing.T) {
+	srv := startAttestServer(t)
+	td := spiffeid.RequireTrustDomainFromString("quickstart.local")
+	id := spiffeid.RequireFromString("spiffe://quickstart.local/ns/shop/sa/inventory")
+	tok, err := attest.CreateJoinToken(context.Background(), srv.Store(), id, 10*time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := AttestSource{Server: srv.Issuer(), Bundle: srv.BundlePath(), JoinTokenFile: tokFile}
+	src, err := NewAttestedSource(context.Background(), cfg, td, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatalf("attest: %v", err)
+	}
+	defer src.Close()
+	sv, err := src.GetX509SVID()
+	if err != nil || sv.ID != id {
+		t.Fatalf("SVID = %v, %v", sv, err)
+	}
+	if err := src.renew(context.Background()); err != nil {
+		t.Fatalf("renew: %v", err)
+	}
+	sv2, _ := src.GetX509SVID()
+	if sv2.ID != id || sv2.Certificates[0].SerialNumber.Cmp(sv.Certificates[0].SerialNumber) == 0 {
+		t.Error("renewal did not replace the SVID")
+	}
+	if err := src.refreshBundle(context.Background()); err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	if b, err := src.GetX509BundleForTrustDomain(td); err != nil || len(b.X509Authorities()) == 0 {
+		t.Fatalf("bundle = %v, %v", b, err)
+	}
+	if _, err := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("other.test")); err == nil {
+		t.Error("bundle for another trust domain")
+	}
+	// A join token works once.
+	if _, err := NewAttestedSource(context.Background(), cfg, td, nil, nil); err == nil {
+		t.Fatal("a replayed join token attested")
+	}
+	// Config validation.
+	c := &Config{}
+	c.SPIFFE.Attest = &AttestSource{Server: "http://x", Bundle: ""}
+	if err := c.Validate(); err == nil {
+		t.Error("bad attest config accepted")
+	}
+}
+
+func startAttestServer(t *testing.T) *server.Server {
+	t.Helper()
+	dir := t.TempDir()
+	cfg, err := server.LoadConfig("../../examples/quickstart/server.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.Resources = "../../examples/quickstart/resources"
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return srv
+}
