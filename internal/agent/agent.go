@@ -72,6 +72,9 @@ type Server interface {
 	X509SVIDs(ctx context.Context, reqs []SVIDRequest) ([]IssuedSVID, error)
 	JWTSVID(ctx context.Context, spiffeID string, audience []string) (token string, expiresAt time.Time, err error)
 	Bundle(ctx context.Context) ([]byte, error)
+	// FederatedBundles returns the SPIFFE bundle (JSON) of every federated
+	// trust domain by trust domain name.
+	FederatedBundles(ctx context.Context) (map[string][]byte, error)
 }
 
 // PeerAttestor returns the selectors of the process at the other end of a

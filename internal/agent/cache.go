@@ -46,7 +46,8 @@ type bundleState struct {
 	x509DER   []byte // concatenated DER
 	jwt       *jwtbundle.Bundle
 	jwtJSON   []byte
-	gen       uint64
+	fed       map[spiffeid.TrustDomain]*fedBundle // federated trust domains
+	gen       uint64                              // bumped on any change
 }
 
 // jwtEntry is a cached JWT-SVID.
@@ -132,7 +133,9 @@ func (a *Agent) failed(rs *renewState, what string, err error) {
 	a.cfg.Logger.Warn("agent: "+what+" failed; retrying", "error", err.Error(), "retry_in", d)
 }
 
-// refreshBundle fetches the trust domain's SPIFFE bundle.
+// refreshBundle fetches the trust domain's SPIFFE bundle, then the
+// federated bundles (a failure there keeps the ones held and is only
+// logged).
 func (a *Agent) refreshBundle(ctx context.Context) error {
 	a.mu.Lock()
 	td := a.td
@@ -154,6 +157,9 @@ func (a *Agent) refreshBundle(ctx context.Context) error {
 		return errors.New("agent: bundle: no X.509 authorities")
 	}
 	a.setBundle(b.X509Authorities(), b.JWTBundle())
+	if err := a.refreshFederated(ctx); err != nil {
+		a.cfg.Logger.Warn("agent: federated bundles refresh failed; keeping the ones held", "error", err.Error())
+	}
 	a.mu.Lock()
 	a.bundleRun = renewState{next: a.cfg.Now().Add(a.cfg.BundleInterval), done: true}
 	a.mu.Unlock()

@@ -12,8 +12,13 @@
 // set) until half their lifetime. While the server is unreachable the agent
 // keeps serving what it holds until it expires.
 //
-// It does not serve federated bundles (none are distributed yet), CRLs or
-// WIT-SVIDs, and it does not implement attestation itself: the peer
+// Federated trust domains' bundles (from the server's Federation resources)
+// are fetched with the trust bundle and served beside it: in
+// FetchX509Bundles, FetchJWTBundles, the federated_bundles of
+// FetchX509SVID, and for ValidateJWTSVID. Every attached workload gets every
+// federated bundle.
+//
+// It does not serve CRLs or WIT-SVIDs, and it does not implement attestation itself: the peer
 // attestor (internal/attest) and the node API client (internal/nodeapi) are
 // reached through the small PeerAttestor and Server interfaces.
 package agent

@@ -69,6 +69,9 @@ type fakeServer struct {
 	x509Fail int    // X509SVIDs calls that failed
 	renews   int
 	jwtCalls atomic.Int64
+
+	federated map[string][]byte // federated bundles by trust domain name
+	fedErr    error             // if set, FederatedBundles fails
 }
 
 func newFakeServer(t testing.TB, c *clock, entries ...Entry) *fakeServer {
@@ -229,6 +232,24 @@ func (f *fakeServer) Bundle(context.Context) ([]byte, error) {
 		return nil, err
 	}
 	return b.Marshal()
+}
+
+func (f *fakeServer) setFederated(b map[string][]byte, err error) {
+	f.mu.Lock()
+	f.federated, f.fedErr = b, err
+	f.mu.Unlock()
+}
+
+func (f *fakeServer) FederatedBundles(context.Context) (map[string][]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return nil, errOutage
+	}
+	if f.fedErr != nil {
+		return nil, f.fedErr
+	}
+	return f.federated, nil
 }
 
 // fakeAttestor gives each new connection the selectors set last, or the

@@ -118,6 +118,11 @@ func (n nodeServer) Bundle(ctx context.Context) ([]byte, error) {
 	return b, mark(err)
 }
 
+func (n nodeServer) FederatedBundles(ctx context.Context) (map[string][]byte, error) {
+	b, err := n.c.FederatedBundles(ctx)
+	return b, mark(err)
+}
+
 // CloseIdleConnections makes the next request present the agent's new SVID.
 func (n nodeServer) CloseIdleConnections() { n.c.CloseIdleConnections() }
 

@@ -180,6 +180,7 @@ func (a *Agent) x509SVIDResponse(s selectorSet) (resp *workload.X509SVIDResponse
 	if len(resp.Svids) == 0 {
 		return nil, "", true
 	}
+	resp.FederatedBundles = a.federatedX509Locked()
 	return resp, b.String(), true
 }
 
@@ -192,9 +193,13 @@ func (a *Agent) x509BundlesResponse(s selectorSet) (*workload.X509BundlesRespons
 	if a.bundle.jwt == nil {
 		return nil, "", true
 	}
-	return &workload.X509BundlesResponse{
-		Bundles: map[string][]byte{a.td.IDString(): a.bundle.x509DER},
-	}, strconv.FormatUint(a.bundle.gen, 10), true
+	bundles := map[string][]byte{a.td.IDString(): a.bundle.x509DER}
+	for td, fb := range a.bundle.fed {
+		if len(fb.x509DER) > 0 {
+			bundles[td.IDString()] = fb.x509DER
+		}
+	}
+	return &workload.X509BundlesResponse{Bundles: bundles}, strconv.FormatUint(a.bundle.gen, 10), true
 }
 
 func (a *Agent) jwtBundlesResponse(s selectorSet) (*workload.JWTBundlesResponse, string, bool) {
@@ -206,9 +211,13 @@ func (a *Agent) jwtBundlesResponse(s selectorSet) (*workload.JWTBundlesResponse,
 	if a.bundle.jwt == nil {
 		return nil, "", true
 	}
-	return &workload.JWTBundlesResponse{
-		Bundles: map[string][]byte{a.td.IDString(): a.bundle.jwtJSON},
-	}, strconv.FormatUint(a.bundle.gen, 10), true
+	bundles := map[string][]byte{a.td.IDString(): a.bundle.jwtJSON}
+	for td, fb := range a.bundle.fed {
+		if fb.jwtJSON != nil {
+			bundles[td.IDString()] = fb.jwtJSON
+		}
+	}
+	return &workload.JWTBundlesResponse{Bundles: bundles}, strconv.FormatUint(a.bundle.gen, 10), true
 }
 
 // FetchJWTSVID returns JWT-SVIDs for the audience: for the requested SPIFFE
@@ -274,8 +283,8 @@ func checkAudience(aud []string) error {
 	return nil
 }
 
-// ValidateJWTSVID validates a JWT-SVID against the trust domain's JWT bundle
-// and returns its claims.
+// ValidateJWTSVID validates a JWT-SVID against the JWT bundle of its trust
+// domain (ours or a federated one) and returns its claims.
 func (w *workloadAPI) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
 	if req.Audience == "" {
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
@@ -292,15 +301,18 @@ func (w *workloadAPI) ValidateJWTSVID(ctx context.Context, req *workload.Validat
 	}
 	w.a.mu.Lock()
 	matched := len(w.a.matchingLocked(sel)) > 0
-	bundle := w.a.bundle.jwt
+	var bundles *jwtbundle.Set
+	if w.a.bundle.jwt != nil {
+		bundles = w.a.jwtBundlesLocked()
+	}
 	w.a.mu.Unlock()
 	if !matched {
 		return nil, errNoIdentity
 	}
-	if bundle == nil {
+	if bundles == nil {
 		return nil, status.Error(codes.Unavailable, "no JWT bundle yet")
 	}
-	svid, err := validateJWT(req.Svid, req.Audience, bundle)
+	svid, err := validateJWT(req.Svid, req.Audience, bundles)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

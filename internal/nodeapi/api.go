@@ -1,6 +1,7 @@
 package nodeapi
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"postern.dev/postern/internal/policy"
@@ -14,6 +15,8 @@ const (
 	PathWorkloads = Prefix + "workloads"
 	PathX509SVIDs = Prefix + "x509svids"
 	PathJWTSVID   = Prefix + "jwtsvid"
+	// PathFederatedBundles lists the bundles of federated trust domains.
+	PathFederatedBundles = Prefix + "federated-bundles"
 )
 
 // Attestation methods and roles of an attest request.
@@ -139,4 +142,10 @@ type jwtSVIDRequest struct {
 type jwtSVIDResponse struct {
 	Token     string `json:"token"`
 	ExpiresAt string `json:"expires_at"`
+}
+
+// federatedBundlesResponse maps a trust domain name to its SPIFFE bundle
+// (a JSON object, as served by its bundle endpoint).
+type federatedBundlesResponse struct {
+	Bundles map[string]json.RawMessage `json:"bundles"`
 }

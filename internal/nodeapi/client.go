@@ -252,6 +252,34 @@ func (c *Client) Bundle(ctx context.Context) ([]byte, error) {
 	return c.get(ctx, "/bundle")
 }
 
+// maxFederatedBundles bounds the trust domains of a federated-bundles answer.
+const maxFederatedBundles = 1024
+
+// FederatedBundles returns the SPIFFE bundle (JSON; parse it with
+// spiffebundle.Parse) of every federated trust domain, by trust domain name.
+// The calling agent must present its SVID.
+func (c *Client) FederatedBundles(ctx context.Context) (map[string][]byte, error) {
+	var out federatedBundlesResponse
+	if err := c.do(ctx, http.MethodGet, PathFederatedBundles, nil, &out); err != nil {
+		return nil, err
+	}
+	if len(out.Bundles) > maxFederatedBundles {
+		return nil, fmt.Errorf("nodeapi: federated-bundles: more than %d trust domains", maxFederatedBundles)
+	}
+	res := make(map[string][]byte, len(out.Bundles))
+	for name, raw := range out.Bundles {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil || td.Name() != name {
+			return nil, fmt.Errorf("nodeapi: federated-bundles: %q is not a trust domain name", clip(name, 128))
+		}
+		if len(raw) == 0 || raw[0] != '{' {
+			return nil, fmt.Errorf("nodeapi: federated-bundles: the bundle of %s is not a JSON object", name)
+		}
+		res[name] = raw
+	}
+	return res, nil
+}
+
 // decodeSVID parses a response SVID and checks that the leaf carries the
 // SPIFFE ID the response names.
 func decodeSVID(b svidBody) (*SVIDResponse, error) {

@@ -13,6 +13,9 @@
 //   - GET /node/v1/workloads, POST /node/v1/x509svids, POST /node/v1/jwtsvid:
 //     mutual TLS with an agent's SVID (spiffe://<td>/postern/agent/...); only
 //     for Workloads whose agents list allows that agent.
+//   - GET /node/v1/federated-bundles: mutual TLS with an agent's SVID; the
+//     SPIFFE bundle of every federated trust domain, {"bundles": {"<trust
+//     domain>": <bundle>}}, for the agent to serve to its workloads.
 //
 // Bodies are JSON of at most 64 KiB, decoded strictly (unknown fields are
 // errors). Errors are {"error": code, "error_description": text} with status

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -91,6 +92,9 @@ type Config struct {
 	Issuer string
 	// Policy returns the current resources (the Workloads).
 	Policy func() *policy.Engine
+	// FederatedBundles returns the bundles of the federated trust domains
+	// (federation.Manager.Bundles); nil: none.
+	FederatedBundles func() map[spiffeid.TrustDomain]*spiffebundle.Bundle
 	// JoinTokens redeems join tokens; nil disables join_token attestation.
 	JoinTokens JoinTokens
 	// K8s verifies PSATs; nil disables k8s_psat attestation.
@@ -199,6 +203,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		method, serve = http.MethodPost, h.x509SVIDs
 	case PathJWTSVID:
 		method, serve = http.MethodPost, h.jwtSVID
+	case PathFederatedBundles:
+		method, serve = http.MethodGet, h.federatedBundles
 	default:
 		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no such node API endpoint"))
 		return
@@ -215,7 +221,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	if op != "workloads" {
+	if r.Method != http.MethodGet {
 		h.logIssue(r, op, &rec)
 	}
 	writeJSON(w, http.StatusOK, resp)
@@ -478,6 +484,29 @@ func (h *Handler) workloads(w http.ResponseWriter, r *http.Request, rec *record)
 		out.Workloads = append(out.Workloads, workloadBody{
 			SPIFFEID: wl.SPIFFEID, Selectors: sel, DNSNames: wl.DNSNames, TTLSeconds: int64(ttl / time.Second),
 		})
+	}
+	return out, nil
+}
+
+// federatedBundles lists the bundles of the federated trust domains, for
+// agents to serve to their workloads.
+func (h *Handler) federatedBundles(w http.ResponseWriter, r *http.Request, rec *record) (any, *apiError) {
+	if _, aerr := h.agent(r, rec); aerr != nil {
+		return nil, aerr
+	}
+	out := federatedBundlesResponse{Bundles: map[string]json.RawMessage{}}
+	if h.cfg.FederatedBundles == nil {
+		return out, nil
+	}
+	for td, b := range h.cfg.FederatedBundles() {
+		if b == nil || td == h.cfg.TrustDomain {
+			continue
+		}
+		raw, err := b.Marshal()
+		if err != nil {
+			return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "could not encode the bundle of %s", td.Name()).withCause(err)
+		}
+		out.Bundles[td.Name()] = raw
 	}
 	return out, nil
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"postern.dev/postern/internal/attest"
@@ -233,6 +234,7 @@ type env struct {
 	joins  *joinStore
 	key    *keys.Key
 	engine atomic.Pointer[policy.Engine]
+	fed    atomic.Pointer[map[spiffeid.TrustDomain]*spiffebundle.Bundle]
 	audit  *syncBuffer
 	pool   *x509.CertPool
 }
@@ -245,6 +247,12 @@ func newEnv(t testing.TB) *env {
 		TrustDomain: testTD, CA: e.ca, Keys: staticKeys{e.key}, Issuer: testIss,
 		Policy:     e.engine.Load,
 		JoinTokens: StoreJoinTokens{Store: e.joins},
+		FederatedBundles: func() map[spiffeid.TrustDomain]*spiffebundle.Bundle {
+			if m := e.fed.Load(); m != nil {
+				return *m
+			}
+			return nil
+		},
 		K8s: fakeK8s{
 			"pod-prod-api":   {Namespace: "prod", ServiceAccount: "api", PodName: "api-1", PodUID: "u1", NodeName: "n1"},
 			"pod-shop-db":    {Namespace: "shop", ServiceAccount: "db", PodName: "db-1", PodUID: "u2", NodeName: "n1"},

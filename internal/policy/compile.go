@@ -35,6 +35,7 @@ type Engine struct {
 	byAudience  map[string]int
 	issuers     []TrustedIssuer
 	byIssuer    map[string]int
+	federations []Federation
 	authzCount  int
 	exchangeCnt int
 
@@ -125,14 +126,18 @@ func (e *Engine) TrustedIssuer(iss string) (*TrustedIssuer, bool) {
 	return &t, true
 }
 
+// Federations returns the federated trust domains in name order. Their
+// bundles and certificates are shared: do not modify them.
+func (e *Engine) Federations() []Federation { return slices.Clone(e.federations) }
+
 // Stats describes the size of the compiled set.
 type Stats struct {
-	Workloads, TrustedIssuers, ExchangePolicies, AuthorizationPolicies int
+	Workloads, TrustedIssuers, ExchangePolicies, AuthorizationPolicies, Federations int
 }
 
 // Stats returns the number of resources of each kind.
 func (e *Engine) Stats() Stats {
-	return Stats{len(e.workloads), len(e.issuers), e.exchangeCnt, e.authzCount}
+	return Stats{len(e.workloads), len(e.issuers), e.exchangeCnt, e.authzCount, len(e.federations)}
 }
 
 // reportFn receives a problem at a field path such as
@@ -211,6 +216,21 @@ func compile(set *Set, opts CompileOptions, envs *celEnvs) (*Engine, Problems) {
 			continue
 		}
 		e.byIssuer[t.Issuer] = i
+	}
+
+	e.federations = slices.Clone(set.Federations)
+	slices.SortFunc(e.federations, func(a, b Federation) int { return strings.Compare(a.Name, b.Name) })
+	byTD := map[spiffeid.TrustDomain]string{}
+	for _, f := range e.federations {
+		rep := at(f.Origin)
+		if !td.IsZero() && f.TrustDomain == td {
+			rep("spec.trustDomain", fmt.Sprintf("Federation %q names our own trust domain %q", f.Name, td.Name()))
+		}
+		if other, dup := byTD[f.TrustDomain]; dup {
+			rep("spec.trustDomain", fmt.Sprintf("Federation %q has the same trustDomain %q as Federation %q", f.Name, f.TrustDomain.Name(), other))
+			continue
+		}
+		byTD[f.TrustDomain] = f.Name
 	}
 
 	// Exchange policies.

@@ -1,12 +1,12 @@
 // Package policy is Postern's resource model and authorization engine: it
 // loads the Kubernetes-style YAML resources operators write (Workload,
-// TrustedIssuer, ExchangePolicy, AuthorizationPolicy), rejects anything it
-// does not fully understand with file, line and reason, and compiles them
-// into an immutable Engine that decides, on every request, whether a
-// workload accepts a call (Authorize) and whether the STS may issue a token
-// (Exchange). It also implements `postern policy lint|test|explain` (Lint,
-// RunTests, Explain) and hot reload with last-known-good semantics
-// (Watcher). It does not verify tokens or certificates: callers pass in
+// TrustedIssuer, ExchangePolicy, AuthorizationPolicy, Federation), rejects
+// anything it does not fully understand with file, line and reason, and
+// compiles them into an immutable Engine that decides, on every request,
+// whether a workload accepts a call (Authorize) and whether the STS may
+// issue a token (Exchange). It also implements `postern policy
+// lint|test|explain` (Lint, RunTests, Explain) and hot reload with
+// last-known-good semantics (Watcher). It does not verify tokens or certificates: callers pass in
 // verified identities and claims.
 //
 // # Loading

@@ -10,6 +10,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("apiVersion: postern.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  selector: {spiffeIDs: ['spiffe://td/ns/**']}\n  rules:\n  - from: [{source: {principals: ['*'], namespaces: [x*]}}]\n    to: [{operation: {paths: ['/a/{id}/{**}', '*.json'], ports: [80, '443'], hosts: ['*.x']}}]\n    when: [{key: 'request.auth.claims[a][b]', values: [x]}, {key: 'actors[-1]', notValues: ['spiffe://td/*']}]\n    condition: 'size(actors) > 0'\n"))
 	f.Add([]byte("a: &x [1]\nb: *x\n---\nkind: Workload\n"))
 	f.Add([]byte("apiVersion: postern.dev/v1\nkind: TrustedIssuer\nmetadata: {name: i}\nspec: {issuer: 'https://i', jwks: {keys: [{kty: EC, crv: P-256, x: AA, y: AA}]}, audiences: [a]}\n"))
+	f.Add([]byte("apiVersion: postern.dev/v1\nkind: Federation\nmetadata: {name: p}\nspec:\n  trustDomain: p.example\n  bundleEndpointURL: https://p.example/bundle\n  profile: https_spiffe\n  endpointSPIFFEID: spiffe://p.example/s\n  bootstrapBundle: '{\"keys\": [{\"use\": \"x509-svid\", \"kty\": \"EC\", \"x5c\": [\"AA==\"]}]}'\n"))
+	f.Add([]byte("apiVersion: postern.dev/v1\nkind: Federation\nmetadata: {name: w}\nspec:\n  trustDomain: w.example\n  bundleEndpointURL: https://w.example/bundle\n  profile: https_web\n  caBundle: |\n    -----BEGIN CERTIFICATE-----\n    AAAA\n    -----END CERTIFICATE-----\n"))
 	// Parse and Compile, with the CEL environments built once (building
 	// them is the slow part of Parse and would starve the fuzzer).
 	envs, err := newCELEnvs()

@@ -2,7 +2,9 @@ package policy
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 	sigsyaml "sigs.k8s.io/yaml"
@@ -230,6 +233,15 @@ type issuerSpec struct {
 	Introspection *Introspection  `json:"introspection,omitempty"`
 }
 
+type federationSpec struct {
+	TrustDomain       string `json:"trustDomain"`
+	BundleEndpointURL string `json:"bundleEndpointURL"`
+	Profile           string `json:"profile"`
+	EndpointSPIFFEID  string `json:"endpointSPIFFEID,omitempty"`
+	BootstrapBundle   string `json:"bootstrapBundle,omitempty"`
+	CABundle          string `json:"caBundle,omitempty"`
+}
+
 var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 
 func scalarField(n *yaml.Node, key string) (*yaml.Node, bool) {
@@ -274,6 +286,11 @@ func (l *loader) document(name string, root *yaml.Node) {
 		if f.decode(root, &d) {
 			l.authzPolicy(f, &d)
 		}
+	case KindFederation:
+		var d document[federationSpec]
+		if f.decode(root, &d) {
+			l.federation(f, &d)
+		}
 	case KindPolicyTest:
 		if l.wantTests {
 			var d document[testSpec]
@@ -282,7 +299,7 @@ func (l *loader) document(name string, root *yaml.Node) {
 			}
 		}
 	default:
-		f.add(kn.Line, fmt.Sprintf("unknown kind %q (want Workload, TrustedIssuer, ExchangePolicy, AuthorizationPolicy or PolicyTest)", kind))
+		f.add(kn.Line, fmt.Sprintf("unknown kind %q (want Workload, TrustedIssuer, ExchangePolicy, AuthorizationPolicy, Federation or PolicyTest)", kind))
 	}
 }
 
@@ -650,6 +667,140 @@ func (l *loader) issuer(f *fileCtx, d *document[issuerSpec]) {
 	if len(l.problems) == before && l.claimName(f, KindTrustedIssuer, t.Name) {
 		l.set.TrustedIssuers = append(l.set.TrustedIssuers, t)
 	}
+}
+
+func (l *loader) federation(f *fileCtx, d *document[federationSpec]) {
+	s := &d.Spec
+	before := len(l.problems)
+	fed := Federation{
+		Name: d.Metadata.Name, Labels: d.Metadata.Labels, Origin: Origin{f.file, f.docLine},
+		BundleEndpointURL: s.BundleEndpointURL, Profile: s.Profile,
+	}
+	if s.TrustDomain == "" {
+		f.report("spec.trustDomain", "trustDomain: required")
+	} else if td, err := spiffeid.TrustDomainFromString(s.TrustDomain); err != nil || td.Name() != s.TrustDomain {
+		f.report("spec.trustDomain", fmt.Sprintf("trustDomain: %q is not a trust domain name like partner.example", s.TrustDomain))
+	} else {
+		fed.TrustDomain = td
+	}
+	if s.BundleEndpointURL == "" {
+		f.report("spec.bundleEndpointURL", "bundleEndpointURL: required")
+	} else if err := checkHTTPSURL(s.BundleEndpointURL); err != nil {
+		f.report("spec.bundleEndpointURL", fmt.Sprintf("bundleEndpointURL: %q: %v", s.BundleEndpointURL, err))
+	}
+	switch s.Profile {
+	case "":
+		f.report("spec.profile", "profile: required (https_web or https_spiffe)")
+	case ProfileHTTPSWeb:
+		if s.EndpointSPIFFEID != "" {
+			f.report("spec.endpointSPIFFEID", "conflicting fields: endpointSPIFFEID is only for profile https_spiffe")
+		}
+		if s.BootstrapBundle != "" {
+			f.report("spec.bootstrapBundle", "conflicting fields: bootstrapBundle is only for profile https_spiffe")
+		}
+		if s.CABundle != "" {
+			certs, err := parsePEMCertificates([]byte(s.CABundle))
+			if err != nil {
+				f.report("spec.caBundle", "caBundle: "+err.Error())
+			}
+			fed.CABundle = certs
+		}
+	case ProfileHTTPSSPIFFE:
+		if s.CABundle != "" {
+			f.report("spec.caBundle", "conflicting fields: caBundle is only for profile https_web")
+		}
+		if s.EndpointSPIFFEID == "" {
+			f.report("spec.endpointSPIFFEID", "endpointSPIFFEID: required for profile https_spiffe")
+		} else if id, err := spiffeid.FromString(s.EndpointSPIFFEID); err != nil {
+			f.report("spec.endpointSPIFFEID", fmt.Sprintf("endpointSPIFFEID: %q: invalid SPIFFE ID: %v", s.EndpointSPIFFEID, err))
+		} else if !fed.TrustDomain.IsZero() && id.TrustDomain() != fed.TrustDomain {
+			f.report("spec.endpointSPIFFEID", fmt.Sprintf("endpointSPIFFEID: %q is not in trust domain %q (its bundle authenticates the endpoint)", s.EndpointSPIFFEID, s.TrustDomain))
+		} else {
+			fed.EndpointSPIFFEID = id
+		}
+		if s.BootstrapBundle == "" {
+			f.report("spec.bootstrapBundle", "bootstrapBundle: required for profile https_spiffe")
+		} else if !fed.TrustDomain.IsZero() {
+			b, err := parseBootstrapBundle(fed.TrustDomain, []byte(s.BootstrapBundle))
+			if err != nil {
+				f.report("spec.bootstrapBundle", "bootstrapBundle: "+err.Error())
+			}
+			fed.BootstrapBundle = b
+		}
+	default:
+		f.report("spec.profile", fmt.Sprintf("profile: %q is not https_web or https_spiffe", s.Profile))
+	}
+	if len(l.problems) == before && l.claimName(f, KindFederation, fed.Name) {
+		l.set.Federations = append(l.set.Federations, fed)
+	}
+}
+
+// checkHTTPSURL accepts absolute https URLs without credentials or fragment.
+func checkHTTPSURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil || u.Host == "":
+		return errors.New("not an absolute URL")
+	case u.Scheme != "https":
+		return errors.New("URL must use https")
+	case u.User != nil:
+		return errors.New("URL must not contain credentials")
+	case u.Fragment != "":
+		return errors.New("URL must not have a fragment")
+	}
+	return nil
+}
+
+// maxPEMCertificates bounds the certificates of an inline PEM bundle.
+const maxPEMCertificates = 64
+
+// parsePEMCertificates parses PEM CERTIFICATE blocks: at least one, nothing
+// else but white space around them.
+func parsePEMCertificates(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	rest := bytes.TrimSpace(data)
+	for len(rest) > 0 {
+		block, r := pem.Decode(rest)
+		if block == nil {
+			return nil, errors.New("not PEM certificates")
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("unexpected PEM block %q (want CERTIFICATE)", block.Type)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %v", len(certs)+1, err)
+		}
+		if certs = append(certs, c); len(certs) > maxPEMCertificates {
+			return nil, fmt.Errorf("more than %d certificates", maxPEMCertificates)
+		}
+		rest = bytes.TrimSpace(r)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("no certificates")
+	}
+	return certs, nil
+}
+
+// parseBootstrapBundle parses a SPIFFE bundle (JSON) or PEM root
+// certificates; the result holds at least one X.509 authority.
+func parseBootstrapBundle(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bundle, error) {
+	data = bytes.TrimSpace(data)
+	if len(data) > 0 && data[0] == '{' {
+		b, err := spiffebundle.Parse(td, data)
+		if err != nil {
+			return nil, fmt.Errorf("not a SPIFFE bundle: %s", strings.TrimPrefix(err.Error(), "spiffebundle: "))
+		}
+		if len(b.X509Authorities()) == 0 {
+			return nil, errors.New("the SPIFFE bundle holds no X.509 authority")
+		}
+		return b, nil
+	}
+	certs, err := parsePEMCertificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("neither a SPIFFE bundle (JSON) nor PEM certificates: %v", err)
+	}
+	return spiffebundle.FromX509Authorities(td, certs), nil
 }
 
 func (l *loader) exchangePolicy(f *fileCtx, d *document[ExchangePolicy]) {

@@ -39,7 +39,7 @@ func TestParseProblems(t *testing.T) {
 		{
 			name: "unknown kind",
 			yaml: "apiVersion: postern.dev/v1\nkind: Gizmo\nmetadata: {name: x}\nspec: {}\n",
-			want: []string{`f.yaml:2: unknown kind "Gizmo" (want Workload, TrustedIssuer, ExchangePolicy, AuthorizationPolicy or PolicyTest)`},
+			want: []string{`f.yaml:2: unknown kind "Gizmo" (want Workload, TrustedIssuer, ExchangePolicy, AuthorizationPolicy, Federation or PolicyTest)`},
 		},
 		{
 			name: "unknown field deep inside, with its line",

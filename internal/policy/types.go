@@ -1,12 +1,15 @@
 package policy
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -20,6 +23,7 @@ const (
 	KindExchangePolicy      = "ExchangePolicy"
 	KindAuthorizationPolicy = "AuthorizationPolicy"
 	KindPolicyTest          = "PolicyTest"
+	KindFederation          = "Federation"
 )
 
 // Actions and modes shared by ExchangePolicy and AuthorizationPolicy.
@@ -54,11 +58,12 @@ type Set struct {
 	TrustedIssuers        []TrustedIssuer
 	ExchangePolicies      []ExchangePolicy
 	AuthorizationPolicies []AuthorizationPolicy
+	Federations           []Federation
 }
 
 // Len is the number of resources in the set.
 func (s *Set) Len() int {
-	return len(s.Workloads) + len(s.TrustedIssuers) + len(s.ExchangePolicies) + len(s.AuthorizationPolicies)
+	return len(s.Workloads) + len(s.TrustedIssuers) + len(s.ExchangePolicies) + len(s.AuthorizationPolicies) + len(s.Federations)
 }
 
 // Origin is where a resource was defined.
@@ -141,6 +146,40 @@ type Introspection struct {
 	Endpoint         string `json:"endpoint"`
 	ClientID         string `json:"clientID"`
 	ClientSecretFile string `json:"clientSecretFile"`
+}
+
+// Bundle endpoint profiles of a Federation (SPIFFE Federation §5.2).
+const (
+	// ProfileHTTPSWeb authenticates the bundle endpoint with Web PKI.
+	ProfileHTTPSWeb = "https_web"
+	// ProfileHTTPSSPIFFE authenticates the bundle endpoint by its
+	// X.509-SVID, verified against the federated trust domain's own bundle.
+	ProfileHTTPSSPIFFE = "https_spiffe"
+)
+
+// Federation names another trust domain whose bundle is fetched from its
+// SPIFFE bundle endpoint and served to workloads as a federated bundle
+// (kind Federation).
+type Federation struct {
+	Name   string
+	Labels map[string]string
+	Origin Origin
+
+	// TrustDomain is the federated trust domain's name (not our own).
+	TrustDomain spiffeid.TrustDomain
+	// BundleEndpointURL is the https URL of its bundle endpoint.
+	BundleEndpointURL string
+	// Profile is ProfileHTTPSWeb or ProfileHTTPSSPIFFE.
+	Profile string
+	// EndpointSPIFFEID is the SPIFFE ID the endpoint must present
+	// (https_spiffe only); it belongs to TrustDomain.
+	EndpointSPIFFEID spiffeid.ID
+	// BootstrapBundle is the trust domain's bundle to start from
+	// (https_spiffe only): it authenticates the first fetch.
+	BootstrapBundle *spiffebundle.Bundle
+	// CABundle are the roots that authenticate the endpoint instead of the
+	// system pool (https_web only; nil: system roots).
+	CABundle []*x509.Certificate
 }
 
 // ExchangePolicy says who may exchange which subject tokens for which

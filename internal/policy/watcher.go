@@ -120,7 +120,7 @@ func (w *Watcher) Reload() (bool, error) {
 	w.engine.Store(e)
 	st := e.Stats()
 	log.Info("policy set reloaded", "dir", w.cfg.Dir, "workloads", st.Workloads, "trusted_issuers", st.TrustedIssuers,
-		"exchange_policies", st.ExchangePolicies, "authorization_policies", st.AuthorizationPolicies)
+		"exchange_policies", st.ExchangePolicies, "authorization_policies", st.AuthorizationPolicies, "federations", st.Federations)
 	if w.cfg.OnUpdate != nil {
 		w.cfg.OnUpdate(e)
 	}

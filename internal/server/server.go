@@ -1,6 +1,6 @@
 // Package server wires the control plane: the store, the key-encryption key,
-// the signing keys, the CA, the resource watcher and the token service,
-// served over HTTPS with optional client certificates (mutual TLS is how
+// the signing keys, the CA, the resource watcher, the token service, the
+// node API and the federated bundles (internal/federation), served over HTTPS with optional client certificates (mutual TLS is how
 // workloads authenticate). It holds no protocol logic of its own.
 package server
 
@@ -24,6 +24,7 @@ import (
 
 	"postern.dev/postern/internal/attest"
 	"postern.dev/postern/internal/ca"
+	"postern.dev/postern/internal/federation"
 	"postern.dev/postern/internal/keys"
 	"postern.dev/postern/internal/nodeapi"
 	"postern.dev/postern/internal/policy"
@@ -110,6 +111,7 @@ type Server struct {
 	watcher  *policy.Watcher
 	serving  *ca.ServingCertificateSource
 	node     *nodeapi.Handler
+	fed      *federation.Manager
 	k8s      *attest.K8sAttestor // nil unless PSAT attestation is configured
 	http     *http.Server
 	ready    atomic.Bool
@@ -167,6 +169,7 @@ func New(ctx context.Context, cfg *Config, logger, audit *slog.Logger) (*Server,
 	if err != nil {
 		return nil, err
 	}
+	s.fed = federation.New(federation.Config{TrustDomain: st.TrustDomain, Logger: logger})
 	s.watcher, err = policy.NewWatcher(policy.WatcherConfig{
 		Dir:      cfg.Resources,
 		Interval: time.Duration(cfg.ReloadInterval),
@@ -180,12 +183,14 @@ func New(ctx context.Context, cfg *Config, logger, audit *slog.Logger) (*Server,
 	if err := s.sts.SetEngine(s.watcher.Engine()); err != nil {
 		return nil, err
 	}
+	s.fed.Update(s.watcher.Engine().Federations())
 	if err := s.newNodeAPI(cfg, issuer, logger, audit); err != nil {
 		return nil, err
 	}
 	st0 := s.watcher.Engine()
 	logger.Info("resources loaded", slog.String("dir", cfg.Resources),
-		slog.Int("workloads", len(st0.Workloads())), slog.Int("trusted_issuers", len(st0.TrustedIssuers())))
+		slog.Int("workloads", len(st0.Workloads())), slog.Int("trusted_issuers", len(st0.TrustedIssuers())),
+		slog.Int("federations", len(st0.Federations())))
 	s.ready.Store(true)
 	s.http = &http.Server{
 		Handler:           s.handler(),
@@ -206,10 +211,11 @@ func New(ctx context.Context, cfg *Config, logger, audit *slog.Logger) (*Server,
 func (s *Server) newNodeAPI(cfg *Config, issuer string, logger, audit *slog.Logger) error {
 	nc := nodeapi.Config{
 		TrustDomain: s.state.TrustDomain, CA: s.ca, Keys: s.keys, Issuer: issuer,
-		Policy:     s.watcher.Engine,
-		JoinTokens: nodeapi.StoreJoinTokens{Store: s.state.Store},
-		SVIDTTL:    time.Duration(cfg.CA.SVIDTTL),
-		Logger:     logger, Audit: audit,
+		Policy:           s.watcher.Engine,
+		FederatedBundles: s.fed.Bundles,
+		JoinTokens:       nodeapi.StoreJoinTokens{Store: s.state.Store},
+		SVIDTTL:          time.Duration(cfg.CA.SVIDTTL),
+		Logger:           logger, Audit: audit,
 	}
 	if k := cfg.Attestation.K8s; k.Issuer != "" {
 		a, err := attest.NewK8sAttestor(attest.K8sConfig{Issuer: k.Issuer, Audience: k.Audience, JWKSFile: k.JWKSFile})
@@ -231,7 +237,9 @@ func (s *Server) applyPolicy(e *policy.Engine) {
 		s.logger.Error("resource update refused; the last good set stays in force", slog.String("error", err.Error()))
 		return
 	}
-	s.logger.Info("resources loaded", slog.Int("workloads", len(e.Workloads())), slog.Int("trusted_issuers", len(e.TrustedIssuers())))
+	s.fed.Update(e.Federations())
+	s.logger.Info("resources loaded", slog.Int("workloads", len(e.Workloads())), slog.Int("trusted_issuers", len(e.TrustedIssuers())),
+		slog.Int("federations", len(e.Federations())))
 }
 
 // Addr returns the address the server listens on.
@@ -353,6 +361,7 @@ func (s *Server) Run(ctx context.Context) error {
 	go s.ca.Run(bg)
 	go s.sts.Run(bg)
 	go s.watcher.Run(bg)
+	go s.fed.Run(bg)
 	if s.k8s != nil {
 		go s.k8s.Run(bg)
 	}
