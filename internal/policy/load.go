@@ -637,8 +637,11 @@ func (l *loader) issuer(f *fileCtx, d *document[issuerSpec]) {
 	if s.Discovery {
 		n++
 	}
-	if n != 1 {
-		f.report("spec", "exactly one of jwks, jwksURI and discovery: true is required")
+	switch {
+	case n > 1:
+		f.report("spec", "at most one of jwks, jwksURI and discovery: true")
+	case n == 0 && s.Introspection == nil:
+		f.report("spec", "one of jwks, jwksURI and discovery: true is required (or introspection, for an issuer of opaque tokens)")
 	}
 	if len(s.Audiences) == 0 {
 		f.report("spec.audiences", "audiences: required")

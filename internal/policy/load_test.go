@@ -180,7 +180,7 @@ spec:
 			name: "trusted issuer checks",
 			yaml: "apiVersion: postern.dev/v1\nkind: TrustedIssuer\nmetadata: {name: a}\nspec:\n  issuer: http://idp.example\n  jwksURI: https://idp.example/jwks\n  discovery: true\n  audiences: []\n  algorithms: [HS256, none]\n",
 			want: []string{
-				`f.yaml:4: exactly one of jwks, jwksURI and discovery: true is required`,
+				`f.yaml:4: at most one of jwks, jwksURI and discovery: true`,
 				`f.yaml:5: issuer: "http://idp.example": URL must use https (http only for localhost)`,
 				`f.yaml:8: audiences: required`,
 				`f.yaml:9: algorithms: "HS256" is not allowed (none and HS* never are)`,
@@ -348,5 +348,16 @@ spec: {spiffeID: spiffe://td.test/ns/a/sa/any}
 	_, err = Parse("bad.yaml", []byte("apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec:\n  spiffeID: spiffe://td.test/w\n  agents: [node-1]\n"))
 	if err == nil || !strings.Contains(err.Error(), "bad.yaml:6") || !strings.Contains(err.Error(), "agents") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestTrustedIssuerOpaqueOnly(t *testing.T) {
+	ok := "apiVersion: postern.dev/v1\nkind: TrustedIssuer\nmetadata: {name: i}\nspec:\n  issuer: https://idp.example\n  audiences: [a]\n  introspection: {endpoint: https://idp.example/introspect, clientID: c, clientSecretFile: /s}\n"
+	if _, err := Parse("ok.yaml", []byte(ok)); err != nil {
+		t.Errorf("an introspection-only issuer: %v", err)
+	}
+	none := "apiVersion: postern.dev/v1\nkind: TrustedIssuer\nmetadata: {name: i}\nspec:\n  issuer: https://idp.example\n  audiences: [a]\n"
+	if _, err := Parse("none.yaml", []byte(none)); err == nil || !strings.Contains(err.Error(), "none.yaml:4: one of jwks, jwksURI and discovery: true is required") {
+		t.Errorf("an issuer with no way to check its tokens: %v", err)
 	}
 }

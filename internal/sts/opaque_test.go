@@ -1,7 +1,6 @@
 package sts
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -12,8 +11,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/go-jose/go-jose/v4"
 
 	"postern.dev/postern/internal/policy"
 )
@@ -50,7 +47,6 @@ func TestOpaqueSubjectTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newHarness(t)
-	jwk, _ := json.Marshal(jose.JSONWebKey{Key: testKeyPair(t).Public(), KeyID: "unused", Algorithm: "ES256", Use: "sig"})
 	doc := fmt.Sprintf(`
 apiVersion: postern.dev/v1
 kind: Workload
@@ -70,7 +66,6 @@ spec:
   audiences: [shop]
   algorithms: [ES256]
   claims: [email]
-  jwks: {keys: [%s]}
   introspection: {endpoint: "%s", clientID: postern-sts, clientSecretFile: "%s"}
 ---
 apiVersion: postern.dev/v1
@@ -81,7 +76,7 @@ spec:
   subjectIssuers: [https://opaque.test]
   audiences: ["%s"]
   claims: [email]
-`, gatewayID, ordersID, jwk, idp.URL, secretFile, gatewayID, ordersID)
+`, gatewayID, ordersID, idp.URL, secretFile, gatewayID, ordersID)
 	set, err := policy.Parse("opaque.yaml", []byte(doc))
 	if err != nil {
 		t.Fatal(err)
