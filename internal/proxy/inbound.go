@@ -153,8 +153,11 @@ func (h *Inbound) Close() {
 
 func (h *Inbound) reverseProxy(t http.RoundTripper) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Transport:     t,
-		FlushInterval: -1,
+		Transport: t,
+		// Zero: responses of unknown length (streams, gRPC, SSE) are
+		// flushed at every write by ReverseProxy itself; a response of
+		// known length goes out in full records, not one per write.
+		FlushInterval: 0,
 		BufferPool:    &h.buffers,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			f := pr.In.Context().Value(forwardKey{}).(*forward)

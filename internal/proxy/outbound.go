@@ -114,9 +114,12 @@ func NewOutbound(opts OutboundOptions) (*Outbound, error) {
 		id, _ := spiffeid.FromString(u.SPIFFEID) // validated
 		up := &upstream{Upstream: u, id: id, o: o, metric: i}
 		up.proxy = &httputil.ReverseProxy{
-			Rewrite:       up.rewrite,
-			Transport:     up,
-			FlushInterval: -1,
+			Rewrite:   up.rewrite,
+			Transport: up,
+			// Zero: responses of unknown length (streams, gRPC, SSE) are
+			// flushed at every write by ReverseProxy itself; a response of
+			// known length goes out in full records, not one per write.
+			FlushInterval: 0,
 			BufferPool:    o.buffers,
 			ErrorHandler:  up.proxyError,
 			ModifyResponse: func(res *http.Response) error {
