@@ -258,6 +258,7 @@ func TestOutboundHTTP2(t *testing.T) {
 		w.Header().Set("Grpc-Status", "0")
 	}})
 	r := h.request(t, "POST", obUpstream, nil)
+	r.Header.Set("Content-Type", "application/grpc")
 	r.Body = io.NopCloser(strings.NewReader("payload"))
 	r.ContentLength = -1
 	resp, body := h.do(t, r)
@@ -268,7 +269,15 @@ func TestOutboundHTTP2(t *testing.T) {
 		t.Errorf("trailers %v header %v te %v", resp.Trailer, resp.Header, resp.TransferEncoding)
 	}
 	if p := h.up.last().proto; p != 2 {
-		t.Errorf("upstream spoke HTTP/%d", p)
+		t.Errorf("gRPC went to the upstream over HTTP/%d, want 2", p)
+	}
+	// Plain requests take the (cheaper) HTTP/1.1 keep-alive pool.
+	plain := h.request(t, "GET", obUpstream, nil)
+	if resp, _ := h.do(t, plain); resp.StatusCode != 200 {
+		t.Fatalf("plain: %d", resp.StatusCode)
+	}
+	if p := h.up.last().proto; p != 1 {
+		t.Errorf("a plain request went over HTTP/%d, want the HTTP/1.1 pool", p)
 	}
 }
 
