@@ -52,8 +52,18 @@ func Open(ctx context.Context, cfg *Config, logger *slog.Logger) (*State, error)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data dir: %w", err)
 	}
+	_, statErr := os.Stat(filepath.Join(cfg.DataDir, instanceFile))
+	existing := statErr == nil
 	if err := checkInstance(cfg); err != nil {
 		return nil, err
+	}
+	if existing && cfg.Keys.KEKFile == "" && cfg.Keys.KEKEnv == "" {
+		// An existing data dir without its development KEK was set up with
+		// a KEK from a file or the environment: generating a new one here
+		// would only leave a useless key beside sealed records.
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, "kek")); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("server: %s has no development key-encryption key: its keys are sealed with one from a file or the environment; pass --config with keys.kekFile or keys.kekEnv", cfg.DataDir)
+		}
 	}
 	kek, err := keys.LoadKEK(keys.KEKConfig{File: cfg.Keys.KEKFile, Env: cfg.Keys.KEKEnv, DataDir: cfg.DataDir, Logger: logger})
 	if err != nil {

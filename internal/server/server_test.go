@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -347,3 +348,27 @@ func TestLoadConfigErrors(t *testing.T) {
 const cryptoSHA256 = crypto.SHA256
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// TestOpenRefusesToInventAKEK: an existing data dir whose keys are sealed
+// with a KEK from a file is never given a fresh development KEK by an
+// offline command that forgot --config.
+func TestOpenRefusesToInventAKEK(t *testing.T) {
+	dir := t.TempDir()
+	kekFile := filepath.Join(dir, "kek.b64")
+	if err := os.WriteFile(kekFile, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	st, err := Open(context.Background(), &Config{TrustDomain: "a.test", DataDir: data, Keys: KeysConfig{KEKFile: kekFile}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	_, err = Open(context.Background(), &Config{TrustDomain: "a.test", DataDir: data}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "pass --config") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(data, "kek")); !errors.Is(err, os.ErrNotExist) {
+		t.Error("a development KEK was created beside sealed records")
+	}
+}

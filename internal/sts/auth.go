@@ -186,10 +186,18 @@ func (s *Service) authBasic(user, pass string, st *state) (*caller, *Error) {
 	if !ok {
 		return nil, oauthErr(codeInvalidClient, "client authentication failed")
 	}
-	want, ok := s.secrets.lookup(id)
 	got := HashSecret(s.cfg.ClientSecretKey, secret)
+	want, ok := s.secrets.lookup(id)
 	if !ok || subtle.ConstantTimeCompare(want, got) != 1 {
-		return nil, oauthErr(codeInvalidClient, "client authentication failed")
+		// The secret may have been replaced since it was loaded: reload
+		// (at most once per refresh interval) and compare again.
+		if !s.secrets.reload() {
+			return nil, oauthErr(codeInvalidClient, "client authentication failed")
+		}
+		want, ok = s.secrets.lookup(id)
+		if !ok || subtle.ConstantTimeCompare(want, got) != 1 {
+			return nil, oauthErr(codeInvalidClient, "client authentication failed")
+		}
 	}
 	return &caller{client: cl}, nil
 }
@@ -290,28 +298,40 @@ func (c *secretCache) lookup(id string) ([]byte, bool) {
 		if s, ok := (*m)[id]; ok && (s.ExpiresAt.IsZero() || c.now().Before(s.ExpiresAt)) {
 			return s.Hash, true
 		}
+		return nil, false
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now := c.now(); c.last.IsZero() || now.Sub(c.last) > 5*time.Second {
-		c.last = now
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		list, err := c.store.ClientSecrets(ctx)
-		cancel()
-		if err == nil {
-			m := make(map[string]store.ClientSecret, len(list))
-			for _, s := range list {
-				m[s.ClientID] = s
-			}
-			c.m.Store(&m)
-		}
-	}
+	c.reload()
 	if m := c.m.Load(); m != nil {
 		if s, ok := (*m)[id]; ok && (s.ExpiresAt.IsZero() || c.now().Before(s.ExpiresAt)) {
 			return s.Hash, true
 		}
 	}
 	return nil, false
+}
+
+// reload re-reads every secret hash from the store unless that was done
+// within the refresh interval (so failed logins cannot hammer the store).
+// It reports whether it loaded a new set.
+func (c *secretCache) reload() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	if !c.last.IsZero() && now.Sub(c.last) < 5*time.Second {
+		return false
+	}
+	c.last = now
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	list, err := c.store.ClientSecrets(ctx)
+	if err != nil {
+		return false // keep the last good set
+	}
+	m := make(map[string]store.ClientSecret, len(list))
+	for _, s := range list {
+		m[s.ClientID] = s
+	}
+	c.m.Store(&m)
+	return true
 }
 
 // canonicalScopes joins scopes in order with single spaces.

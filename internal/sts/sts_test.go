@@ -654,3 +654,24 @@ func BenchmarkExchange(b *testing.B) {
 		}
 	}
 }
+
+// TestClientSecretRotation: a secret replaced in the store is picked up by
+// the running service without a restart, and the old one stops working.
+func TestClientSecretRotation(t *testing.T) {
+	h := newHarness(t)
+	h.store.secrets = []storeSecret{secretFor(h, batchID, "old")}
+	cc := url.Values{"grant_type": {GrantClientCredentials}, "audience": {"inventory-api"}}
+	if r := h.post(PathToken, cc, basic(batchID, "old")); r.status != 200 {
+		t.Fatalf("old secret: %d %s", r.status, r.raw)
+	}
+	h.store.mu.Lock()
+	h.store.secrets = []storeSecret{secretFor(h, batchID, "new")}
+	h.store.mu.Unlock()
+	h.now = h.now.Add(6 * time.Second) // past the reload rate limit
+	if r := h.post(PathToken, cc, basic(batchID, "new")); r.status != 200 {
+		t.Fatalf("new secret after rotation: %d %s", r.status, r.raw)
+	}
+	if r := h.post(PathToken, cc, basic(batchID, "old")); r.status != 401 {
+		t.Fatalf("old secret after rotation: %d %s", r.status, r.raw)
+	}
+}
