@@ -1,0 +1,236 @@
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+)
+
+// maxTokenHeaders bounds how many Authorization headers are looked at.
+const maxTokenHeaders = 8
+
+// maxDescription bounds an error description sent to users.
+const maxDescription = 200
+
+// Error codes of the JSON error body (and of WWW-Authenticate where RFC
+// 6750 defines them).
+const (
+	codeInvalidRequest     = "invalid_request"
+	codeInvalidToken       = "invalid_token"
+	codeUnauthorized       = "unauthorized"
+	codeInsufficientScope  = "insufficient_scope"
+	codeAccessDenied       = "access_denied"
+	codeNotFound           = "not_found"
+	codeMethodNotAllowed   = "method_not_allowed"
+	codeRateLimited        = "rate_limited"
+	codeUnavailable        = "temporarily_unavailable"
+	codeBadGateway         = "bad_gateway"
+	codeUpstreamTimeout    = "upstream_timeout"
+	codeTokenService       = "token_service_unavailable"
+	codeExchangeRefused    = "token_exchange_refused"
+	codeExchangeFailed     = "token_exchange_failed"
+	codeRequestHeaderLarge = "request_header_too_large"
+)
+
+// problem is the JSON body of every answer the gateway makes itself.
+type problem struct {
+	Error      string `json:"error"`
+	Reason     string `json:"reason"`
+	DecisionID string `json:"decision_id"`
+}
+
+func writeProblem(w http.ResponseWriter, status int, code, reason, id string) {
+	b, _ := json.Marshal(problem{Error: code, Reason: reason, DecisionID: id})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// bearerChallenge is an RFC 6750 §3 WWW-Authenticate value.
+func bearerChallenge(code, desc, scope string) string {
+	v := `Bearer realm="postern"`
+	if code != "" {
+		v += fmt.Sprintf(`, error=%q`, code)
+	}
+	if desc != "" {
+		v += fmt.Sprintf(`, error_description=%q`, headerSafe(desc))
+	}
+	if scope != "" {
+		v += fmt.Sprintf(`, scope=%q`, headerSafe(scope))
+	}
+	return v
+}
+
+// headerSafe makes s safe inside a quoted header parameter, bounded.
+func headerSafe(s string) string {
+	if len(s) > maxDescription {
+		s = s[:maxDescription]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == '"' || r == '\\' || r > 0x7e {
+			return '\''
+		}
+		return r
+	}, s)
+}
+
+// safeReason bounds a reason for a JSON body.
+func safeReason(s string) string {
+	if len(s) > maxDescription {
+		return s[:maxDescription]
+	}
+	return s
+}
+
+// extractToken finds the one bearer token of r in Authorization or the
+// access_token query parameter (RFC 6750 §2.1, §2.3). It returns the query
+// without access_token, so the token cannot travel on upstream, and a fault
+// for more than one token or a malformed Authorization header.
+func extractToken(r *http.Request) (raw, query, fault string) {
+	query = r.URL.RawQuery
+	n := 0
+	auth := r.Header["Authorization"]
+	if len(auth) > maxTokenHeaders {
+		return "", query, "too many Authorization headers"
+	}
+	for _, a := range auth {
+		scheme, tok, ok := strings.Cut(strings.TrimSpace(a), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			return "", query, "the Authorization header is not a Bearer token"
+		}
+		tok = strings.TrimSpace(tok)
+		if tok == "" || strings.ContainsAny(tok, " ,") {
+			return "", query, "the Authorization header is not a Bearer token"
+		}
+		raw = tok
+		n++
+	}
+	if strings.Contains(strings.ToLower(query), "access_token") {
+		vals, err := url.ParseQuery(query)
+		if err != nil {
+			return "", query, "the query string does not parse"
+		}
+		for k, vs := range vals {
+			if !strings.EqualFold(k, "access_token") {
+				continue
+			}
+			if k != "access_token" {
+				return "", query, "the query carries an access token under another spelling"
+			}
+			for _, v := range vs {
+				raw = v
+				n++
+			}
+			delete(vals, k)
+		}
+		query = vals.Encode()
+	}
+	if n > 1 {
+		return "", query, "more than one token in the request"
+	}
+	if n == 1 && raw == "" {
+		return "", query, "empty access token"
+	}
+	return raw, query, ""
+}
+
+// cleanPath returns the request's path with dot segments and repeated
+// slashes resolved: the path routes and conditions decide on is the one the
+// upstream receives. Encoded slashes and backslashes are refused, since the
+// upstream could split the path where the gateway did not.
+func cleanPath(r *http.Request) (string, bool) {
+	if raw := r.URL.RawPath; raw != "" {
+		l := strings.ToLower(raw)
+		if strings.Contains(l, "%2f") || strings.Contains(l, "%5c") {
+			return "", false
+		}
+	}
+	p := r.URL.Path
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	if strings.Contains(p, "\\") {
+		return "", false
+	}
+	if !strings.Contains(p, "//") && !strings.Contains(p, "/.") {
+		return p, true
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c, true
+}
+
+// hasPosternPrefix reports whether a header name starts with X-Postern-,
+// in any case.
+func hasPosternPrefix(k string) bool {
+	const p = "X-Postern-"
+	return len(k) >= len(p) && strings.EqualFold(k[:len(p)], p)
+}
+
+// forwardHeader copies h without X-Postern-* headers and Authorization.
+func forwardHeader(h http.Header) http.Header {
+	out := make(http.Header, len(h))
+	for k, v := range h {
+		if k == "Authorization" || hasPosternPrefix(k) || strings.EqualFold(k, "Authorization") {
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// headerMap gives route conditions the request headers (first value,
+// lower-case names), without Authorization and X-Postern-*.
+func headerMap(h http.Header) map[string]string {
+	m := make(map[string]string, len(h))
+	for k, v := range h {
+		if strings.EqualFold(k, "Authorization") || len(v) == 0 || hasPosternPrefix(k) {
+			continue
+		}
+		m[strings.ToLower(k)] = v[0]
+	}
+	return m
+}
+
+// scopesOf returns the token's scopes: the space-separated scope claim, or
+// scp as a string or a list (Entra ID, Okta).
+func scopesOf(p *principal) []string {
+	if p.claims.Scope != "" {
+		return strings.Fields(p.claims.Scope)
+	}
+	switch v := p.m["scp"].(type) {
+	case string:
+		return strings.Fields(v)
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, s := range v {
+			if str, ok := s.(string); ok {
+				out = append(out, str)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// missingScope returns the first required scope the token lacks, or "".
+func missingScope(required, have []string) string {
+outer:
+	for _, r := range required {
+		for _, h := range have {
+			if h == r {
+				continue outer
+			}
+		}
+		return r
+	}
+	return ""
+}
