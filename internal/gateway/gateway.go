@@ -137,7 +137,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 		SVID:       g.identity,
 		Bundle:     g.identity,
 		Registerer: g.registry,
-		Logger:     slog.New(faultHandler{next: opts.Logger.Handler()}),
+		Logger:     opts.Logger,
+		Failed:     noteOutboundFailure,
 		Now:        opts.Now,
 	}); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -575,46 +576,20 @@ func (p prefetchExchanger) ClientCredentials(context.Context, string) (*exchange
 // Stats exposes the exchange cache's counters to the outbound metrics.
 func (p prefetchExchanger) Stats() exchange.Stats { return p.c.Stats() }
 
-// faultHandler is the outbound handler's logger: a record of a refused or
-// failed forward is noted in the request's state (so the gateway answers
-// with its own body and decision id), then passed on.
-type faultHandler struct{ next slog.Handler }
-
-func (h faultHandler) Enabled(context.Context, slog.Level) bool { return true }
-
-func (h faultHandler) Handle(ctx context.Context, rec slog.Record) error {
-	if st, ok := ctx.Value(stateKey{}).(*reqState); ok && rec.Level >= slog.LevelWarn {
-		st.outFault = true
-		rec.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case "status":
-				st.outStatus = int(a.Value.Int64())
-			case "error":
-				st.outCode = a.Value.String()
-			case "reason":
-				st.outReason = a.Value.String()
-			case "cause":
-				st.outCause = a.Value.String()
-			}
-			return true
-		})
-		if st.outCause == "" {
-			st.outCause = st.outReason
-		}
-		return nil // the audit line carries it
+// noteOutboundFailure records, in the request's state, a forward the
+// outbound half refused or failed, so the gateway answers with its own body
+// and decision id and the audit line carries the cause.
+func noteOutboundFailure(ctx context.Context, f proxy.OutboundFailure) {
+	st, ok := ctx.Value(stateKey{}).(*reqState)
+	if !ok {
+		return
 	}
-	if h.next.Enabled(ctx, rec.Level) {
-		return h.next.Handle(ctx, rec)
+	st.outFault = true
+	st.outStatus, st.outCode, st.outReason = f.Status, f.Code, f.Reason
+	st.outCause = f.Reason
+	if f.Cause != nil {
+		st.outCause = f.Cause.Error()
 	}
-	return nil
-}
-
-func (h faultHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return faultHandler{next: h.next.WithAttrs(as)}
-}
-
-func (h faultHandler) WithGroup(name string) slog.Handler {
-	return faultHandler{next: h.next.WithGroup(name)}
 }
 
 // gwWriter records the status, removes X-Postern-* headers from responses,

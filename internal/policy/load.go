@@ -665,6 +665,15 @@ func (l *loader) issuer(f *fileCtx, d *document[issuerSpec]) {
 		}
 		if in.ClientSecretFile == "" {
 			f.report("spec.introspection", "introspection.clientSecretFile: required")
+		} else if !filepath.IsAbs(in.ClientSecretFile) {
+			// Relative to the resource file, as every path in Postern's
+			// configuration is; absolute so every reader agrees.
+			cp := *in
+			cp.ClientSecretFile = filepath.Join(filepath.Dir(f.file), in.ClientSecretFile)
+			if abs, err := filepath.Abs(cp.ClientSecretFile); err == nil {
+				cp.ClientSecretFile = abs
+			}
+			t.Introspection = &cp
 		}
 	}
 	if len(l.problems) == before && l.claimName(f, KindTrustedIssuer, t.Name) {

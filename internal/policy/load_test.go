@@ -361,3 +361,18 @@ func TestTrustedIssuerOpaqueOnly(t *testing.T) {
 		t.Errorf("an issuer with no way to check its tokens: %v", err)
 	}
 }
+
+func TestIntrospectionSecretFileIsRelativeToTheResource(t *testing.T) {
+	dir := t.TempDir()
+	doc := "apiVersion: postern.dev/v1\nkind: TrustedIssuer\nmetadata: {name: i}\nspec:\n  issuer: https://idp.example\n  audiences: [a]\n  introspection: {endpoint: https://idp.example/introspect, clientID: c, clientSecretFile: secrets/idp}\n"
+	if err := os.WriteFile(filepath.Join(dir, "idp.yaml"), []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := set.TrustedIssuers[0].Introspection.ClientSecretFile, filepath.Join(dir, "secrets/idp"); got != want {
+		t.Errorf("clientSecretFile = %q, want %q", got, want)
+	}
+}

@@ -56,6 +56,10 @@ type OutboundOptions struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Failed, if set, is told of every request the outbound half refuses
+	// or fails, before its JSON error is written (the gateway answers
+	// with its own body and decision id).
+	Failed func(ctx context.Context, f OutboundFailure)
 }
 
 // Outbound is the outbound half of the sidecar: an http.Handler for the
@@ -75,6 +79,7 @@ type Outbound struct {
 	metrics   *outboundMetrics
 	thumb     atomic.Pointer[thumbMemo]
 	buffers   *bufferPool
+	failed    func(context.Context, OutboundFailure)
 }
 
 type thumbMemo struct {
@@ -106,7 +111,7 @@ func NewOutbound(opts OutboundOptions) (*Outbound, error) {
 	}
 	o := &Outbound{
 		cfg: cfg, contexts: opts.Contexts, exchange: opts.Exchange, svid: opts.SVID, bundle: opts.Bundle,
-		log: opts.Logger, now: opts.Now, upstreams: map[string]*upstream{},
+		log: opts.Logger, now: opts.Now, upstreams: map[string]*upstream{}, failed: opts.Failed,
 	}
 	o.buffers = &bufferPool{}
 	names := make([]string, 0, len(cfg.Upstreams))
@@ -394,7 +399,19 @@ func needsHTTP2(r *http.Request) bool {
 }
 
 // fail answers with the JSON error body and logs the cause.
+// OutboundFailure describes a request the outbound half refused or failed.
+type OutboundFailure struct {
+	Status     int    // the HTTP status answered
+	Code       string // the error code of the JSON body
+	Reason     string // the reason of the JSON body
+	DecisionID string // the STS's decision id, when the STS refused
+	Cause      error  // the internal cause (logged, never sent)
+}
+
 func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, up *upstream, status int, code, reason, decision string, cause error) {
+	if o.failed != nil {
+		o.failed(r.Context(), OutboundFailure{Status: status, Code: code, Reason: reason, DecisionID: decision, Cause: cause})
+	}
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.Int("status", status),
