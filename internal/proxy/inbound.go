@@ -275,7 +275,8 @@ func (h *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.deny(w, r, start, http.StatusUnauthorized, "unauthorized", "a bearer token is required", id, peer, d.Policy, decisionUnauthorized)
 			return
 		}
-		h.deny(w, r, start, http.StatusForbidden, "access_denied", d.Reason, id, peer, d.Policy, decisionDeny)
+		writeProblem(w, http.StatusForbidden, "access_denied", d.Reason, id)
+		h.audit(r, start, http.StatusForbidden, id, peer, req.Subject, d.Policy, decisionDeny)
 		return
 	}
 
