@@ -69,6 +69,7 @@ type Sidecar struct {
 
 	inLn, outLn, adminLn net.Listener
 	inSrv, outSrv, admin *http.Server
+	closers              []func()
 
 	draining  atomic.Bool
 	closeOnce sync.Once
@@ -148,11 +149,13 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 	if err != nil {
 		return nil, fmt.Errorf("proxy: sts.spiffeID: %w", err)
 	}
-	stsClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+	stsTransport := &http.Transport{
 		TLSClientConfig:   tlsconfig.TLSClientConfig(s.identity, tlsconfig.AuthorizeID(stsID)),
 		ForceAttemptHTTP2: true,
 		IdleConnTimeout:   90 * time.Second,
-	}}
+	}
+	s.closers = append(s.closers, func() { stsTransport.CloseIdleConnections() })
+	stsClient := &http.Client{Timeout: 10 * time.Second, Transport: stsTransport}
 	rc := token.RemoteConfig{HTTPClient: stsClient, Now: opts.Now, Logger: opts.Logger}
 	if cfg.STS.JWKSURI != "" {
 		rc.JWKSURI = cfg.STS.JWKSURI
@@ -349,6 +352,11 @@ func (s *Sidecar) Close() error {
 		}
 		if s.outbound != nil {
 			s.outbound.Close()
+		}
+		// Idle connections to the STS go now, so a server stopping after
+		// its sidecars is not kept waiting for them.
+		for _, c := range s.closers {
+			c()
 		}
 		err = s.closeID()
 	})

@@ -26,6 +26,7 @@ func (s *Sidecar) newOutbound(td spiffeid.TrustDomain, opts SidecarOptions) (*Ou
 	if err != nil {
 		return nil, err
 	}
+	s.closers = append(s.closers, ex.Close)
 	return NewOutbound(OutboundOptions{
 		Config:     s.cfg.Outbound,
 		Contexts:   s.contexts,
