@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -108,6 +109,11 @@ type svidFiles struct {
 // childMain runs the role named in the environment until its stdin is
 // closed (the parent ended, however it ended) or it is signalled.
 func childMain(role string) int {
+	// As the postern commands do (internal/cli gcPercent): components run
+	// with GOGC=400 unless the operator set GOGC.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)

@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -70,6 +71,11 @@ type svidFiles struct {
 // closed (the parent ended, however it ended) or it is signalled. Lines on
 // stdin are commands (see control).
 func serverMain() int {
+	// As the postern commands do (internal/cli gcPercent): components run
+	// with GOGC=400 unless the operator set GOGC.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)

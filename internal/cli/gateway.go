@@ -59,6 +59,7 @@ in flight.`,
 			if cmd.Flags().Changed("log-format") || format == "" {
 				format = logFormat
 			}
+			tuneGC()
 			logger, err := newLogger(e.stderr, level, format)
 			if err != nil {
 				return err

@@ -112,6 +112,7 @@ stays in force.`,
 			if cmd.Flags().Changed("log-format") || format == "" {
 				format = logFormat
 			}
+			tuneGC()
 			logger, err := newLogger(e.stderr, level, format)
 			if err != nil {
 				return err

@@ -57,6 +57,7 @@ keys are held) and Prometheus /metrics. SIGTERM drains requests in flight.`,
 			if cmd.Flags().Changed("log-format") || format == "" {
 				format = logFormat
 			}
+			tuneGC()
 			logger, err := newLogger(e.stderr, level, format)
 			if err != nil {
 				return err
