@@ -470,7 +470,7 @@ func (h *Handler) workloads(w http.ResponseWriter, r *http.Request, rec *record)
 	}
 	out := workloadsResponse{Workloads: []workloadBody{}}
 	for _, wl := range e.Workloads() {
-		if !wl.AllowsAgent(id.String()) {
+		if !wl.AllowsAgent(id.String()) || len(wl.Selectors) == 0 {
 			continue
 		}
 		ttl := wl.SVIDTTL
@@ -523,6 +523,12 @@ func (h *Handler) allowed(e *policy.Engine, agent spiffeid.ID, rawID string) (sp
 	}
 	if !wl.AllowsAgent(agent.String()) {
 		return id, nil, errorf(http.StatusForbidden, CodeForbidden, "Workload %s does not allow agent %s", id, agent)
+	}
+	if len(wl.Selectors) == 0 {
+		// No local process can be attested as it, so no honest agent asks:
+		// refusing keeps one compromised agent from minting every such
+		// identity. Such workloads attest directly (join token, Kubernetes).
+		return id, nil, errorf(http.StatusForbidden, CodeForbidden, "Workload %s has no selectors: no agent may obtain its SVIDs", id)
 	}
 	return id, wl, nil
 }

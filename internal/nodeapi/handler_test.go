@@ -297,7 +297,7 @@ func TestWorkloads(t *testing.T) {
 				t.Errorf("web = %+v", w)
 			}
 		case dbID:
-			if w.TTL != time.Hour || len(w.Selectors) != 0 {
+			if w.TTL != time.Hour || len(w.Selectors) != 1 {
 				t.Errorf("db = %+v", w)
 			}
 		}
@@ -567,5 +567,21 @@ func TestNewHandlerConfig(t *testing.T) {
 	h.ServeHTTP(w, r)
 	if w.Code != 503 {
 		t.Errorf("status %d: %s", w.Code, w.Body)
+	}
+}
+
+// TestNoAgentForWorkloadsWithoutSelectors: a Workload no local process can
+// be attested as is neither listed to agents nor issued to them.
+func TestNoAgentForWorkloadsWithoutSelectors(t *testing.T) {
+	e := newEnv(t)
+	c := e.client(t, e.svid(t, agentA))
+	csr := csrFor(t, newKey(t))
+	_, err := c.X509SVIDs(context.Background(), []X509SVIDRequest{{SPIFFEID: "spiffe://example.org/ns/shop/sa/bare", CSR: csr}})
+	var ne *Error
+	if !errors.As(err, &ne) || ne.Status != 403 || !strings.Contains(ne.Description, "no selectors") {
+		t.Fatalf("x509svids for bare: %v", err)
+	}
+	if _, _, err := c.JWTSVID(context.Background(), "spiffe://example.org/ns/shop/sa/bare", []string{"x"}); !errors.As(err, &ne) || ne.Status != 403 {
+		t.Fatalf("jwtsvid for bare: %v", err)
 	}
 }

@@ -47,7 +47,8 @@ const (
 )
 
 // resources: web only for agent node-a, with a TTL and DNS names; db for any
-// agent; mapped by k8s selectors.
+// agent; mapped by k8s selectors; bare has no selectors, so no agent may
+// obtain its SVIDs.
 const resources = `apiVersion: postern.dev/v1
 kind: Workload
 metadata: {name: web}
@@ -63,6 +64,13 @@ kind: Workload
 metadata: {name: db}
 spec:
   spiffeID: spiffe://example.org/ns/shop/sa/db
+  selectors: [{type: unix, value: "uid:2000"}]
+---
+apiVersion: postern.dev/v1
+kind: Workload
+metadata: {name: bare}
+spec:
+  spiffeID: spiffe://example.org/ns/shop/sa/bare
 ---
 apiVersion: postern.dev/v1
 kind: Workload

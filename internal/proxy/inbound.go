@@ -427,11 +427,13 @@ func extractToken(r *http.Request) (raw, query, fault string) {
 		raw = tok
 		n++
 	}
-	if strings.Contains(strings.ToLower(query), "access_token") {
+	if query != "" {
+		// Decode before looking: "access%5Ftoken" is access_token too.
 		vals, err := url.ParseQuery(query)
-		if err != nil {
+		if err != nil && strings.Contains(strings.ToLower(query), "access") {
 			return "", query, "the query string does not parse"
 		}
+		found := false
 		for k, vs := range vals {
 			if !strings.EqualFold(k, "access_token") {
 				continue
@@ -444,8 +446,11 @@ func extractToken(r *http.Request) (raw, query, fault string) {
 				n++
 			}
 			delete(vals, k)
+			found = true
 		}
-		query = vals.Encode()
+		if found {
+			query = vals.Encode()
+		}
 	}
 	if n > 1 {
 		return "", query, "more than one token in the request"

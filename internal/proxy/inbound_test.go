@@ -238,6 +238,10 @@ func TestExtractToken(t *testing.T) {
 		{name: "bare scheme", auth: []string{"Bearer"}, fault: "the Authorization header is not a Bearer token"},
 		{name: "two tokens in one header", auth: []string{"Bearer a, Bearer b"}, fault: "the Authorization header is not a Bearer token"},
 		{name: "bad query", query: "access_token=%zz", fault: "the query string does not parse"},
+		{name: "percent-encoded name", query: "access%5Ftoken=abc&b=2", raw: "abc", rest: "b=2"},
+		{name: "percent-encoded letter", query: "%61ccess_token=abc", raw: "abc", rest: ""},
+		{name: "odd query without a token passes unchanged", query: "z=1&a=%zz", rest: "z=1&a=%zz"},
+		{name: "query order kept without a token", query: "z=1&a=2", rest: "z=1&a=2"},
 		{name: "too many headers", auth: slices.Repeat([]string{"Bearer a"}, 9), fault: "too many Authorization headers"},
 	}
 	for _, tc := range tests {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -49,7 +50,22 @@ func newCSR(t *testing.T) ([]byte, func([]*x509.Certificate) *tls.Certificate) {
 // fetches a workload's X.509-SVID and a JWT-SVID that the STS accepts as a
 // jwt_spiffe client assertion.
 func TestNodeAPI(t *testing.T) {
-	srv, _ := startQuickstart(t)
+	srv, res := startQuickstart(t)
+	// Agents obtain SVIDs only for Workloads a local process can be
+	// attested as: give the gateway a selector.
+	wl, err := os.ReadFile(filepath.Join(res, "workloads.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl = []byte(strings.Replace(string(wl), "  spiffeID: spiffe://quickstart.local/ns/shop/sa/gateway\n",
+		"  spiffeID: spiffe://quickstart.local/ns/shop/sa/gateway\n  selectors: [{type: unix, value: \"uid:1000\"}]\n", 1))
+	if err := os.WriteFile(filepath.Join(res, "workloads.yaml"), wl, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		w, ok := srv.watcher.Engine().WorkloadBySPIFFEID(gatewayID)
+		return ok && len(w.Selectors) == 1
+	})
 	ctx := context.Background()
 	td := spiffeid.RequireTrustDomainFromString("quickstart.local")
 	agentID := spiffeid.RequireFromPath(td, "/postern/agent/node-1")

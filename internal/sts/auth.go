@@ -202,9 +202,11 @@ func (s *Service) authBasic(user, pass string, st *state) (*caller, *Error) {
 	return &caller{client: cl}, nil
 }
 
-// checkAssertionAudience accepts the token endpoint URL or the issuer.
+// checkAssertionAudience accepts an assertion addressed to this STS alone
+// (the token endpoint URL or the issuer): one also addressed to another
+// service could be replayed here by that service.
 func (s *Service) checkAssertionAudience(c *token.Claims) bool {
-	return c.HasAudience(s.TokenEndpoint()) || c.HasAudience(s.cfg.Issuer)
+	return len(c.Audience) == 1 && (c.Audience[0] == s.TokenEndpoint() || c.Audience[0] == s.cfg.Issuer)
 }
 
 func (s *Service) checkAssertionLifetime(c *token.Claims) *Error {
@@ -218,6 +220,10 @@ func (s *Service) authJWTSVID(ctx context.Context, assertion string, st *state) 
 	c, err := s.svid.Verify(ctx, assertion)
 	if err != nil {
 		return nil, oauthErr(codeInvalidClient, "invalid JWT-SVID client assertion: "+err.Error()).withCause(err)
+	}
+	if c.Act != nil || c.ClientID != "" {
+		// Tokens this STS issued carry client_id (and act): never a JWT-SVID.
+		return nil, oauthErr(codeInvalidClient, "the client assertion is an issued token, not a JWT-SVID")
 	}
 	if !s.checkAssertionAudience(c) {
 		return nil, oauthErr(codeInvalidClient, "JWT-SVID client assertion must name the token endpoint as audience")

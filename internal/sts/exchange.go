@@ -272,13 +272,14 @@ func (s *Service) exchange(ctx context.Context, f form, c *caller, st *state, a 
 	default:
 		return nil, oauthErr(codeInvalidRequest, "subject_token_type must be an access token or a JWT").withStatus(http.StatusBadRequest)
 	}
+	// Only access tokens (typ at+jwt) are issued: a plain JWT from this
+	// issuer, signed with the trust domain's keys, would pass for a
+	// JWT-SVID of its subject wherever JWT-SVIDs are validated.
 	issuedType := TokenTypeAccessToken
 	switch f.get("requested_token_type") {
 	case "", TokenTypeAccessToken:
-	case TokenTypeJWT:
-		issuedType = TokenTypeJWT
 	default:
-		return nil, oauthErr(codeInvalidRequest, "requested_token_type must be an access token or a JWT")
+		return nil, oauthErr(codeInvalidRequest, "this token service issues access tokens only (requested_token_type urn:ietf:params:oauth:token-type:access_token)")
 	}
 	sub, oerr := s.verifySubject(ctx, raw, c, st, "subject_token", []string{c.audience})
 	if oerr != nil {
@@ -295,7 +296,17 @@ func (s *Service) exchange(ctx context.Context, f form, c *caller, st *state, a 
 			return nil, grantErr("actor_token", err)
 		}
 		if !s.checkAssertionAudience(ac) {
-			return nil, oauthErr(codeInvalidGrant, "actor_token must name the token endpoint as audience")
+			return nil, oauthErr(codeInvalidGrant, "actor_token must name the token endpoint as its only audience")
+		}
+		if e := s.checkAssertionLifetime(ac); e != nil {
+			return nil, oauthErr(codeInvalidGrant, "actor_token lives too long")
+		}
+		// The actor is the party that authenticated: an actor token may
+		// prove it (and satisfy may_act) but never name someone else, or
+		// any client holding another workload's JWT-SVID could forge the
+		// act chain that callees authorize on.
+		if ac.Subject != c.id {
+			return nil, oauthErr(codeInvalidGrant, "actor_token must name the authenticated client")
 		}
 		actor = &token.Actor{Subject: ac.Subject}
 	} else if f.get("actor_token_type") != "" {

@@ -207,11 +207,12 @@ func TestExchangeAudienceDefaultAndResource(t *testing.T) {
 	if r := h.post(PathToken, f, h.asPeer(gatewayID)); r.status != 200 {
 		t.Fatalf("resource: %d %s", r.status, r.raw)
 	}
-	// Requesting a JWT instead of an access token.
+	// Only access tokens: a plain JWT from this issuer would pass for a
+	// JWT-SVID of its subject.
 	f = exchangeForm(user, TokenTypeJWT, ordersID, "")
 	f.Set("requested_token_type", TokenTypeJWT)
 	r = h.post(PathToken, f, h.asPeer(gatewayID))
-	if r.status != 200 || r.str("issued_token_type") != TokenTypeJWT || r.str("token_type") != "N_A" {
+	if r.status != 400 || r.str("error") != "invalid_request" {
 		t.Fatalf("jwt: %d %s", r.status, r.raw)
 	}
 }
@@ -673,5 +674,44 @@ func TestClientSecretRotation(t *testing.T) {
 	}
 	if r := h.post(PathToken, cc, basic(batchID, "old")); r.status != 401 {
 		t.Fatalf("old secret after rotation: %d %s", r.status, r.raw)
+	}
+}
+
+// TestAssertionHardening: JWT-SVIDs only work as assertions when addressed
+// to the STS alone, an issued token is never a JWT-SVID, and an actor token
+// cannot name anyone but the authenticated client.
+func TestAssertionHardening(t *testing.T) {
+	h := newHarness(t)
+	user := h.userToken("alice", "orders:read orders:write")
+	ex := exchangeForm(user, TokenTypeJWT, ordersID, "")
+	withAssertion := func(f url.Values, a string) url.Values {
+		return with(with(f, "client_assertion_type", assertionSPIFFE), "client_assertion", a)
+	}
+	// A JWT-SVID for [svcB, sts] could be replayed by svcB.
+	sg, _ := token.NewSigner(h.keys.key.ID, jose.ES256, h.keys.key.Signer, token.TypeJWT)
+	two, _ := sg.Sign(&token.Claims{Issuer: testIssuer, Subject: gatewayID, Audience: []string{"inventory-api", testIssuer + PathToken}, IssuedAt: h.now, Expiry: h.now.Add(5 * time.Minute)})
+	if r := h.post(PathToken, withAssertion(ex, two)); r.status != 401 {
+		t.Errorf("two-audience JWT-SVID: %d %s", r.status, r.raw)
+	}
+	// An issued token (client_id, act) is not a JWT-SVID.
+	issued, _ := sg.Sign(&token.Claims{Issuer: testIssuer, Subject: gatewayID, Audience: []string{testIssuer + PathToken}, ClientID: ordersID, IssuedAt: h.now, Expiry: h.now.Add(5 * time.Minute)})
+	if r := h.post(PathToken, withAssertion(ex, issued)); r.status != 401 {
+		t.Errorf("issued token as assertion: %d %s", r.status, r.raw)
+	}
+	// Actor tokens: only the authenticated client.
+	t1, _ := h.exchange(gatewayID, user, ordersID, "")
+	f := exchangeForm(t1, TokenTypeAccessToken, "inventory-api", "")
+	f.Set("actor_token_type", TokenTypeJWT)
+	f.Set("actor_token", h.jwtSVID(financeID, testIssuer+PathToken, 5*time.Minute))
+	if r := h.post(PathToken, f, h.asPeer(ordersID)); r.status != 400 || !strings.Contains(r.str("error_description"), "authenticated client") {
+		t.Errorf("actor token naming finance: %d %s", r.status, r.raw)
+	}
+	f.Set("actor_token", h.jwtSVID(ordersID, testIssuer+PathToken, 2*time.Hour))
+	if r := h.post(PathToken, f, h.asPeer(ordersID)); r.status != 400 {
+		t.Errorf("long-lived actor token: %d %s", r.status, r.raw)
+	}
+	f.Set("actor_token", h.jwtSVID(ordersID, testIssuer+PathToken, 5*time.Minute))
+	if r := h.post(PathToken, f, h.asPeer(ordersID)); r.status != 200 {
+		t.Errorf("actor token of the client itself: %d %s", r.status, r.raw)
 	}
 }
