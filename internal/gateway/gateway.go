@@ -418,7 +418,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 		g.refuse(w, st, http.StatusMethodNotAllowed, decisionDeny, codeMethodNotAllowed, "CONNECT is not supported")
 		return
 	}
-	p, ok := cleanPath(r)
+	p, ok := proxy.CleanPath(r)
 	if !ok {
 		g.refuse(w, st, http.StatusBadRequest, decisionDeny, codeInvalidRequest, "the path has an encoded slash or backslash")
 		return
@@ -429,7 +429,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 		return
 	}
 	st.routeName = rt.Name
-	raw, query, fault := extractToken(r)
+	raw, query, fault := proxy.ExtractToken(r)
 	if fault != "" {
 		w.Header().Set("WWW-Authenticate", bearerChallenge(codeInvalidRequest, fault, ""))
 		g.refuse(w, st, http.StatusUnauthorized, decisionUnauthorized, codeInvalidRequest, fault)

@@ -4,13 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
-	"path"
 	"strings"
 )
-
-// maxTokenHeaders bounds how many Authorization headers are looked at.
-const maxTokenHeaders = 8
 
 // maxDescription bounds an error description sent to users.
 const maxDescription = 200
@@ -86,91 +81,6 @@ func safeReason(s string) string {
 		return s[:maxDescription]
 	}
 	return s
-}
-
-// extractToken finds the one bearer token of r in Authorization or the
-// access_token query parameter (RFC 6750 §2.1, §2.3). It returns the query
-// without access_token, so the token cannot travel on upstream, and a fault
-// for more than one token or a malformed Authorization header.
-func extractToken(r *http.Request) (raw, query, fault string) {
-	query = r.URL.RawQuery
-	n := 0
-	auth := r.Header["Authorization"]
-	if len(auth) > maxTokenHeaders {
-		return "", query, "too many Authorization headers"
-	}
-	for _, a := range auth {
-		scheme, tok, ok := strings.Cut(strings.TrimSpace(a), " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			return "", query, "the Authorization header is not a Bearer token"
-		}
-		tok = strings.TrimSpace(tok)
-		if tok == "" || strings.ContainsAny(tok, " ,") {
-			return "", query, "the Authorization header is not a Bearer token"
-		}
-		raw = tok
-		n++
-	}
-	if query != "" {
-		// Decode before looking: "access%5Ftoken" is access_token too.
-		vals, err := url.ParseQuery(query)
-		if err != nil && strings.Contains(strings.ToLower(query), "access") {
-			return "", query, "the query string does not parse"
-		}
-		found := false
-		for k, vs := range vals {
-			if !strings.EqualFold(k, "access_token") {
-				continue
-			}
-			if k != "access_token" {
-				return "", query, "the query carries an access token under another spelling"
-			}
-			for _, v := range vs {
-				raw = v
-				n++
-			}
-			delete(vals, k)
-			found = true
-		}
-		if found {
-			query = vals.Encode()
-		}
-	}
-	if n > 1 {
-		return "", query, "more than one token in the request"
-	}
-	if n == 1 && raw == "" {
-		return "", query, "empty access token"
-	}
-	return raw, query, ""
-}
-
-// cleanPath returns the request's path with dot segments and repeated
-// slashes resolved: the path routes and conditions decide on is the one the
-// upstream receives. Encoded slashes and backslashes are refused, since the
-// upstream could split the path where the gateway did not.
-func cleanPath(r *http.Request) (string, bool) {
-	if raw := r.URL.RawPath; raw != "" {
-		l := strings.ToLower(raw)
-		if strings.Contains(l, "%2f") || strings.Contains(l, "%5c") {
-			return "", false
-		}
-	}
-	p := r.URL.Path
-	if p == "" || p[0] != '/' {
-		p = "/" + p
-	}
-	if strings.Contains(p, "\\") {
-		return "", false
-	}
-	if !strings.Contains(p, "//") && !strings.Contains(p, "/.") {
-		return p, true
-	}
-	c := path.Clean(p)
-	if strings.HasSuffix(p, "/") && c != "/" {
-		c += "/"
-	}
-	return c, true
 }
 
 // hasPosternPrefix reports whether a header name starts with X-Postern-,

@@ -22,7 +22,7 @@ func FuzzExtractToken(f *testing.F) {
 				r.Header.Add("Authorization", a)
 			}
 		}
-		raw, rest, fault := extractToken(r)
+		raw, rest, fault := ExtractToken(r)
 		if fault != "" {
 			if raw != "" {
 				t.Fatal("a token returned with a fault")
@@ -49,19 +49,19 @@ func FuzzCleanPath(f *testing.F) {
 		if err != nil {
 			return
 		}
-		p, ok := cleanPath(&http.Request{URL: u})
+		p, ok := CleanPath(&http.Request{URL: u})
 		if !ok {
 			return
 		}
 		if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.Contains(p, "\\") {
-			t.Fatalf("cleanPath(%q) = %q", target, p)
+			t.Fatalf("CleanPath(%q) = %q", target, p)
 		}
 		trimmed := strings.TrimSuffix(p, "/")
 		if trimmed == "" {
 			trimmed = "/"
 		}
 		if path.Clean(trimmed) != trimmed {
-			t.Fatalf("cleanPath(%q) = %q is not clean", target, p)
+			t.Fatalf("CleanPath(%q) = %q is not clean", target, p)
 		}
 	})
 }

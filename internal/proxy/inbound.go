@@ -228,12 +228,12 @@ func (h *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.deny(w, r, start, http.StatusForbidden, "access_denied", "no peer SPIFFE ID", newID(), "", "", decisionUnauthorized)
 		return
 	}
-	p, ok := cleanPath(r)
+	p, ok := CleanPath(r)
 	if !ok {
 		h.deny(w, r, start, http.StatusBadRequest, "invalid_request", "the path has an encoded slash or backslash", newID(), peer, "", decisionUnauthorized)
 		return
 	}
-	raw, query, fault := extractToken(r)
+	raw, query, fault := ExtractToken(r)
 	if fault != "" {
 		h.tokenFault(w, r, start, "invalid_request", fault, peer)
 		return
@@ -404,11 +404,11 @@ func hasPosternPrefix(k string) bool {
 	return len(k) >= len(HeaderPrefix) && strings.EqualFold(k[:len(HeaderPrefix)], HeaderPrefix)
 }
 
-// extractToken finds the one bearer token of r in Authorization or the
+// ExtractToken finds the one bearer token of r in Authorization or the
 // access_token query parameter (RFC 6750 §2.1, §2.3). It returns the query
 // without access_token, and a fault for more than one token or a malformed
 // Authorization header.
-func extractToken(r *http.Request) (raw, query, fault string) {
+func ExtractToken(r *http.Request) (raw, query, fault string) {
 	query = r.URL.RawQuery
 	n := 0
 	auth := r.Header["Authorization"]
@@ -461,11 +461,11 @@ func extractToken(r *http.Request) (raw, query, fault string) {
 	return raw, query, ""
 }
 
-// cleanPath returns the request's path with dot segments and repeated
+// CleanPath returns the request's path with dot segments and repeated
 // slashes resolved: the path the policy decides on is the one the
 // application receives. Encoded slashes and backslashes are refused, since
 // the application could split the path where the policy did not.
-func cleanPath(r *http.Request) (string, bool) {
+func CleanPath(r *http.Request) (string, bool) {
 	if raw := r.URL.RawPath; raw != "" {
 		l := strings.ToLower(raw)
 		if strings.Contains(l, "%2f") || strings.Contains(l, "%5c") {

@@ -251,7 +251,7 @@ func TestExtractToken(t *testing.T) {
 			for _, a := range tc.auth {
 				r.Header.Add("Authorization", a)
 			}
-			raw, rest, fault := extractToken(r)
+			raw, rest, fault := ExtractToken(r)
 			if fault != tc.fault {
 				t.Fatalf("fault %q, want %q", fault, tc.fault)
 			}
@@ -283,9 +283,9 @@ func TestCleanPath(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, ok := cleanPath(r)
+			got, ok := CleanPath(r)
 			if ok != tc.ok || got != tc.want {
-				t.Errorf("cleanPath = %q %v, want %q %v", got, ok, tc.want, tc.ok)
+				t.Errorf("CleanPath = %q %v, want %q %v", got, ok, tc.want, tc.ok)
 			}
 		})
 	}
