@@ -5,13 +5,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -21,13 +17,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-
-	"postern.dev/postern/internal/token"
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 // The request every path carries: the same method, path and headers.
@@ -80,23 +73,17 @@ func (t *target) close() {
 type load struct {
 	auth atomic.Pointer[string]
 	// meterGroups are the processes whose CPU time each phase reads.
-	meterGroups func() []procGroup
-}
-
-// procGroup is a named set of processes measured together.
-type procGroup struct {
-	Name string
-	PIDs []int
+	meterGroups func() []loadgen.Group
 }
 
 // do sends one request on t with c and records its latency from start (the
 // scheduled time in an open loop) and its service time from the actual
 // send.
-func (l *load) do(ctx context.Context, t *target, c *http.Client, r *recorder, start time.Time) {
+func (l *load) do(ctx context.Context, t *target, c *http.Client, r *loadgen.Recorder, start time.Time) {
 	sent := time.Now()
 	err := l.send(ctx, t, c, nil)
 	end := time.Now()
-	r.record(end.Sub(start), end.Sub(sent), err)
+	r.Record(end.Sub(start), end.Sub(sent), err)
 }
 
 // send sends one request and drains the answer; a status other than 200 is
@@ -165,127 +152,42 @@ func printable(b []byte, n int) string {
 	}, string(b))
 }
 
-// recorder is one phase's tally, shared by its workers. Its sample slices
-// are allocated once (untouched pages cost nothing) and never grow: a
-// sample past their end is counted but not kept.
-type recorder struct {
-	lat, svc   []time.Duration
-	nLat, nSvc atomic.Int64
-	ok, errs   atomic.Int64
-	errOnce    sync.Once
-	firstErr   string
-}
-
-// newRecorder returns a recorder for at most capacity samples of latency
-// and, if asked, of service time.
-func newRecorder(capacity int64, service bool) *recorder {
-	r := &recorder{lat: make([]time.Duration, capacity)}
-	if service {
-		r.svc = make([]time.Duration, capacity)
-	}
-	return r
-}
-
-// put stores d in the next free slot of s, if any.
-func put(s []time.Duration, n *atomic.Int64, d time.Duration) {
-	if i := n.Add(1) - 1; i < int64(len(s)) {
-		s[i] = d
-	}
-}
-
-// record counts one request; a success adds its latency and, if recorded,
-// its service time.
-func (r *recorder) record(lat, svc time.Duration, err error) {
-	if err != nil {
-		r.errs.Add(1)
-		r.errOnce.Do(func() { r.firstErr = err.Error() })
-		return
-	}
-	r.ok.Add(1)
-	put(r.lat, &r.nLat, lat)
-	if r.svc != nil {
-		put(r.svc, &r.nSvc, svc)
-	}
-}
-
-// kept returns the filled part of s.
-func kept(s []time.Duration, n *atomic.Int64) []time.Duration {
-	return s[:min(n.Load(), int64(len(s)))]
-}
-
 // closedLoop runs one worker per client of t, each sending its next
 // request as soon as the previous one is answered, for d or until maxReq
 // requests.
 func (l *load) closedLoop(ctx context.Context, kind string, t *target, d time.Duration, maxReq int64) (*phaseResult, error) {
-	var sent atomic.Int64
-	rec := newRecorder(maxReq, false)
+	rec := loadgen.NewRecorder(maxReq, false, false)
 	m, err := startMeter(l.meterGroups())
 	if err != nil {
 		return nil, err
 	}
-	deadline := m.start.Add(d)
-	var wg sync.WaitGroup
-	for _, c := range t.clients {
-		wg.Go(func() {
-			for ctx.Err() == nil && time.Now().Before(deadline) && sent.Add(1) <= maxReq {
-				l.do(ctx, t, c, rec, time.Now())
-			}
-		})
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	err = loadgen.ClosedLoop(ctx, len(t.clients), m.Start().Add(d), maxReq, func(i int) {
+		l.do(ctx, t, t.clients[i], rec, time.Now())
+	})
+	if err != nil {
 		return nil, err
 	}
 	return m.finish(t.name, kind, len(t.clients), rec, nil)
 }
 
-// openLoop sends requests on t at rate per second for d, on a fixed
-// schedule that does not wait for answers: request i is due at start +
-// i/rate, and its latency is measured from that due time, so a stalled
-// proxy is charged for the requests it delayed (no coordinated omission).
-// The workers (one per client) take due times from a queue.
+// openLoop sends requests on t at rate per second for d on a fixed
+// schedule that does not wait for answers, latency measured from each
+// request's due time, so that a stalled proxy is charged for the requests
+// it delayed (see loadgen.OpenLoop); one sender per client.
 func (l *load) openLoop(ctx context.Context, t *target, rate float64, d time.Duration, maxReq int64) (*phaseResult, error) {
-	if rate <= 0 {
-		return nil, errors.New("open loop: rate must be positive")
+	total, err := loadgen.OpenLoopSize(rate, d, maxReq)
+	if err != nil {
+		return nil, err
 	}
-	total := min(int64(rate*d.Seconds()), maxReq)
-	interval := time.Duration(float64(time.Second) / rate)
-	due := make(chan time.Time, 1024)
-	rec := newRecorder(total, true)
-	lag := make([]time.Duration, 0, total) // the dispatcher's own lateness
+	rec := loadgen.NewRecorder(total, false, true)
 	m, err := startMeter(l.meterGroups())
 	if err != nil {
 		return nil, err
 	}
-	var wg sync.WaitGroup
-	for _, c := range t.clients {
-		wg.Go(func() {
-			for at := range due {
-				if ctx.Err() == nil {
-					l.do(ctx, t, c, rec, at)
-				}
-			}
-		})
-	}
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-schedule:
-	for i := range total {
-		at := m.start.Add(time.Duration(i) * interval)
-		if wait := time.Until(at); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				break schedule
-			}
-		}
-		lag = append(lag, time.Since(at))
-		due <- at
-	}
-	close(due)
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	lag, err := loadgen.OpenLoop(ctx, m.Start(), rate, total, len(t.clients), func(i int, due time.Time) {
+		l.do(ctx, t, t.clients[i], rec, due)
+	})
+	if err != nil {
 		return nil, err
 	}
 	res, err := m.finish(t.name, "open", len(t.clients), rec, lag)
@@ -307,7 +209,7 @@ type hop1 struct {
 }
 
 // newHop1 loads the gateway's SVID and the bundle and mints the user token.
-func newHop1(issuer string, gateway svidFiles, idpKey string) (*hop1, error) {
+func newHop1(issuer string, gateway loadgen.SVIDFiles, idpKey string) (*hop1, error) {
 	b, err := os.ReadFile(gateway.Bundle)
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
@@ -320,7 +222,7 @@ func newHop1(issuer string, gateway svidFiles, idpKey string) (*hop1, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway SVID: %w", err)
 	}
-	user, err := mintUserToken(idpKey)
+	user, err := loadgen.MintUserToken(idpKey)
 	if err != nil {
 		return nil, err
 	}
@@ -367,42 +269,6 @@ func (h *hop1) get(ctx context.Context) (string, error) {
 
 // close releases the client's connections.
 func (h *hop1) close() { h.client.CloseIdleConnections() }
-
-// mintUserToken signs the quickstart user's token (alice, who may write
-// orders) with the quickstart IdP's published demo key.
-func mintUserToken(keyFile string) (string, error) {
-	b, err := os.ReadFile(keyFile)
-	if err != nil {
-		return "", fmt.Errorf("idp key: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return "", errors.New("idp key: no PEM block")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return "", fmt.Errorf("idp key: %w", err)
-	}
-	key, ok := k.(*ecdsa.PrivateKey)
-	if !ok {
-		return "", errors.New("idp key: not an ECDSA key")
-	}
-	jwk := jose.JSONWebKey{Key: key.Public()}
-	tp, err := jwk.Thumbprint(crypto.SHA256) // RFC 7638
-	if err != nil {
-		return "", fmt.Errorf("idp key: %w", err)
-	}
-	sg, err := token.NewSigner(base64.RawURLEncoding.EncodeToString(tp), jose.ES256, key, token.TypeJWT)
-	if err != nil {
-		return "", err
-	}
-	now := time.Now()
-	return sg.Sign(&token.Claims{
-		Issuer: "https://idp.quickstart.local", Subject: "alice", Audience: []string{"quickstart-shop"},
-		Scope: "orders:read orders:write", IssuedAt: now, Expiry: now.Add(time.Hour),
-		Extra: map[string]any{"email": "alice@example.com"},
-	})
-}
 
 // exchangeStats are sidecar A's exchange counters, read from its /metrics.
 type exchangeStats struct {

@@ -30,7 +30,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,6 +42,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 // options are the command-line flags.
@@ -111,45 +112,26 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	case o.sidecarProcs < 0 || o.sidecarProcs > 1024:
 		return nil, fmt.Errorf("-sidecar-procs %d: must be between 0 and 1024", o.sidecarProcs)
 	}
-	for _, p := range []*string{&o.quickstart, &o.cpuProfile} {
-		if *p == "" {
-			continue
-		}
-		abs, err := filepath.Abs(*p)
-		if err != nil {
-			return nil, err
-		}
-		*p = abs
+	if err := loadgen.AbsPaths(&o.quickstart, &o.cpuProfile); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
 
 // run is the whole benchmark; it returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "bench/sidecar:", err)
-		return 2
-	}
-	rep, err := benchmark(ctx, o, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "bench/sidecar:", err)
-		return 1
-	}
-	if o.jsonOut {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			fmt.Fprintln(stderr, "bench/sidecar:", err)
-			return 1
-		}
-		return 0
-	}
-	rep.writeText(stdout)
-	return 0
+	var o *options
+	return loadgen.Command{
+		Name: "bench/sidecar",
+		Parse: func(args []string, stderr io.Writer) (bool, error) {
+			var err error
+			o, err = parseFlags(args, stderr)
+			return err == nil && o.jsonOut, err
+		},
+		Bench: func(ctx context.Context, log io.Writer) (loadgen.Report, error) {
+			return benchmark(ctx, o, log)
+		},
+	}.Run(ctx, args, stdout, stderr)
 }
 
 // stack runs cleanup functions in reverse order.
@@ -168,11 +150,10 @@ func (s *stack) run() {
 // returns the report.
 func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) {
 	rep := &report{
-		CPUModel: cpuModel(), NumCPU: runtime.NumCPU(), GoVersion: runtime.Version(),
-		GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, ClientProcs: runtime.GOMAXPROCS(0),
+		Machine: loadgen.ThisMachine(),
 		Workers: o.workers, Rate: o.rate, Duration: o.duration.String(), Audit: o.audit,
-		CPUProfile: o.cpuProfile, ClockTicks: clockTicks, PIDs: map[string][]int{},
-		MemoryAtRest: map[string]memory{}, MemoryAfter: map[string]memory{},
+		CPUProfile: o.cpuProfile, ClockTicks: loadgen.ClockTicks, PIDs: map[string][]int{},
+		MemoryAtRest: map[string]loadgen.Memory{}, MemoryAfter: map[string]loadgen.Memory{},
 	}
 	if o.cpuProfile != "" {
 		if err := os.MkdirAll(o.cpuProfile, 0o755); err != nil {
@@ -193,19 +174,19 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 	if err != nil {
 		return nil, err
 	}
-	cleanup.push(srv.stop)
+	cleanup.push(srv.Stop)
 	app, err := startChild(ctx, "app", roleApp, spec, 0)
 	if err != nil {
 		return nil, err
 	}
-	cleanup.push(app.stop)
+	cleanup.push(app.Stop)
 	bSpec := spec
 	bSpec.Sidecar, bSpec.Issuer, bSpec.SVID, bSpec.App = "inventory", srv.info.Issuer, srv.info.SVIDs[invID], app.info.Addr
 	sidecarB, err := startChild(ctx, "sidecar B (inventory)", roleProxy, bSpec, o.sidecarProcs)
 	if err != nil {
 		return nil, err
 	}
-	cleanup.push(sidecarB.stop)
+	cleanup.push(sidecarB.Stop)
 	aSpec := bSpec
 	aSpec.Sidecar, aSpec.SVID = "order-processing", srv.info.SVIDs[ordersID]
 	aSpec.Upstreams = map[string]string{"inventory": sidecarB.info.Inbound}
@@ -213,13 +194,13 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 	if err != nil {
 		return nil, err
 	}
-	cleanup.push(sidecarA.stop)
+	cleanup.push(sidecarA.Stop)
 	rep.SidecarProc = sidecarA.info.GOMAXPROCS
-	groups := []procGroup{
-		{groupApp, []int{app.pid()}},
-		{groupSidecarA, []int{sidecarA.pid()}},
-		{groupSidecarB, []int{sidecarB.pid()}},
-		{groupSTS, []int{srv.pid()}},
+	groups := []loadgen.Group{
+		{Name: groupApp, PIDs: []int{app.PID()}},
+		{Name: groupSidecarA, PIDs: []int{sidecarA.PID()}},
+		{Name: groupSidecarB, PIDs: []int{sidecarB.PID()}},
+		{Name: groupSTS, PIDs: []int{srv.PID()}},
 	}
 
 	var nginxA *nginxProc
@@ -244,19 +225,19 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 		}
 		cleanup.push(nginxB.stop)
 		cleanup.push(nginxA.stop)
-		groups = append(groups, procGroup{groupNginxA, nginxA.pids()}, procGroup{groupNginxB, nginxB.pids()})
+		groups = append(groups, loadgen.Group{Name: groupNginxA, PIDs: nginxA.pids()}, loadgen.Group{Name: groupNginxB, PIDs: nginxB.pids()})
 	}
 	for _, g := range groups {
 		rep.PIDs[g.Name] = g.PIDs
 	}
-	l := &load{meterGroups: func() []procGroup { return groups }}
+	l := &load{meterGroups: func() []loadgen.Group { return groups }}
 
 	// Memory at rest: every process started, no request made yet.
 	for _, g := range groups[1:] {
 		if g.Name == groupSTS {
 			continue
 		}
-		if rep.MemoryAtRest[g.Name], err = procMemory(g.PIDs); err != nil {
+		if rep.MemoryAtRest[g.Name], err = loadgen.ProcMemory(g.PIDs); err != nil {
 			return nil, err
 		}
 	}
@@ -339,7 +320,7 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 		if g.Name == groupSTS {
 			continue
 		}
-		if rep.MemoryAfter[g.Name], err = procMemory(g.PIDs); err != nil {
+		if rep.MemoryAfter[g.Name], err = loadgen.ProcMemory(g.PIDs); err != nil {
 			return nil, err
 		}
 	}
@@ -393,7 +374,7 @@ func profiles(ctx context.Context, dir, verb string, a, b *child) error {
 		if verb == "start" {
 			line = "cpuprofile-start " + filepath.Join(dir, name+".pprof")
 		}
-		if err := c.command(ctx, line); err != nil {
+		if err := c.Command(ctx, line); err != nil {
 			return err
 		}
 	}

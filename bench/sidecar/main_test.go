@@ -13,12 +13,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -56,61 +57,6 @@ func TestParseFlags(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestSummarize(t *testing.T) {
-	s := make([]time.Duration, 100)
-	for i := range s {
-		s[len(s)-1-i] = time.Duration(i+1) * time.Millisecond // 100..1 ms, unsorted
-	}
-	want := percentiles{N: 100, P50: 50, P90: 90, P99: 99, Max: 100}
-	if got := summarize(s); got != want {
-		t.Errorf("summarize = %+v, want %+v", got, want)
-	}
-	if got := summarize(nil); got != (percentiles{}) {
-		t.Errorf("summarize(nil) = %+v", got)
-	}
-}
-
-func TestProc(t *testing.T) {
-	start := time.Now()
-	for time.Since(start) < 50*time.Millisecond { // burn some CPU
-	}
-	d, err := groupCPU([]int{os.Getpid()})
-	if err != nil || d <= 0 || d > time.Hour {
-		t.Errorf("groupCPU = %s, %v", d, err)
-	}
-	if _, err := procCPU(-1); err == nil {
-		t.Error("no error for a missing process")
-	}
-	m, err := procMemory([]int{os.Getpid(), os.Getpid()})
-	if err != nil || m.RSS <= 0 || m.HWM < m.RSS {
-		t.Errorf("procMemory = %+v, %v", m, err)
-	}
-	one, _ := procMemory([]int{os.Getpid()})
-	if m.HWM < 2*one.HWM-(1<<20) {
-		t.Errorf("procMemory does not sum: %+v vs one %+v", m, one)
-	}
-	if busy, err := machineBusy(); err != nil || busy < d {
-		t.Errorf("machineBusy = %s, %v; want at least this process's %s", busy, err, d)
-	}
-	cmd := exec.Command("sleep", "5")
-	if err := cmd.Start(); err != nil {
-		t.Skip("no sleep:", err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if got := childPIDs(os.Getpid()); !contains(got, cmd.Process.Pid) {
-		t.Errorf("childPIDs = %v, want %d among them", got, cmd.Process.Pid)
-	}
-}
-
-func contains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func TestWritePairCerts(t *testing.T) {
@@ -244,7 +190,7 @@ func TestNginxPair(t *testing.T) {
 	b.stop()
 	for _, pid := range pids {
 		if err := syscall.Kill(pid, 0); err == nil {
-			if f, err := statFields(pid); err == nil && f[0] != "Z" {
+			if f, err := loadgen.StatFields(pid); err == nil && f[0] != "Z" {
 				t.Errorf("process %d still runs after stop", pid)
 			}
 		}
@@ -274,17 +220,17 @@ postern_exchange_cache_misses_total 18
 
 func TestVerdicts(t *testing.T) {
 	open := func(path string, p50, p99, coresA, coresB float64) *phaseResult {
-		return &phaseResult{Path: path, Kind: "open", ElapsedSec: 10, OK: 10000, Rate: 1000,
-			Latency: percentiles{P50: p50, P99: p99},
-			CPU:     []cpuShare{{groupSidecarA, coresA * 10}, {groupSidecarB, coresB * 10}}}
+		return &phaseResult{Path: path, Kind: "open",
+			Phase: loadgen.Phase{ElapsedSec: 10, OK: 10000, Rate: 1000, Latency: loadgen.Percentiles{P50: p50, P99: p99}},
+			CPU:   []cpuShare{{groupSidecarA, coresA * 10}, {groupSidecarB, coresB * 10}}}
 	}
 	peak := func(path string, rate float64) *phaseResult {
-		return &phaseResult{Path: path, Kind: "peak", ElapsedSec: 10, OK: int64(rate * 10), Rate: rate}
+		return &phaseResult{Path: path, Kind: "peak", Phase: loadgen.Phase{ElapsedSec: 10, OK: int64(rate * 10), Rate: rate}}
 	}
 	r := &report{
 		Phases: []*phaseResult{open(pathDirect, 0.5, 1, 0, 0), open(pathPostern, 0.6, 1.6, 0.05, 0.2),
 			peak(pathDirect, 20000), peak(pathNginx, 5000), peak(pathPostern, 6000)},
-		MemoryAtRest: map[string]memory{groupSidecarA: {RSS: 20 << 20}, groupSidecarB: {RSS: 40 << 20}},
+		MemoryAtRest: map[string]loadgen.Memory{groupSidecarA: {RSS: 20 << 20}, groupSidecarB: {RSS: 40 << 20}},
 	}
 	r.finish()
 	want := []bool{true, false, true, false, true, true, false}

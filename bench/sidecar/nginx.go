@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"text/template"
 	"time"
+
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 // nginxServerName is the name nginx B's certificate carries and nginx A
@@ -253,7 +255,7 @@ func startNginx(ctx context.Context, bin string, p nginxParams, workers int) (*n
 			return nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
-		n.workers = childPIDs(cmd.Process.Pid)
+		n.workers = loadgen.ChildPIDs(cmd.Process.Pid)
 		if len(n.workers) >= workers {
 			if c, err := net.DialTimeout("tcp", p.Listen, time.Second); err == nil {
 				_ = c.Close()

@@ -5,10 +5,11 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 // Targets from the issue, for the hop with cached tokens.
@@ -18,7 +19,6 @@ const (
 	targetCoresPer1k = 0.1  // cores per 1,000 requests per second, per sidecar
 	targetPeakRatio  = 1.0  // Postern peak / nginx peak
 	targetRSSAtRest  = 30.0 // MB per sidecar at rest
-	percentileBase   = float64(time.Millisecond)
 )
 
 // Path and process group names.
@@ -37,12 +37,7 @@ const (
 
 // report is everything one run measured; it is what -json prints.
 type report struct {
-	CPUModel    string  `json:"cpuModel"`
-	NumCPU      int     `json:"numCPU"`
-	GoVersion   string  `json:"goVersion"`
-	GOOS        string  `json:"goos"`
-	GOARCH      string  `json:"goarch"`
-	ClientProcs int     `json:"clientGOMAXPROCS"`
+	loadgen.Machine
 	SidecarProc int     `json:"sidecarGOMAXPROCS"`
 	Nginx       string  `json:"nginx"` // version line, or why it was skipped
 	NginxWork   string  `json:"nginxWorkers,omitempty"`
@@ -61,8 +56,8 @@ type report struct {
 	Phases []*phaseResult `json:"phases"`
 	// MemoryAtRest is each proxy's memory after start, before any request;
 	// MemoryAfter right after the last phase.
-	MemoryAtRest map[string]memory `json:"memoryAtRest"`
-	MemoryAfter  map[string]memory `json:"memoryAfterLoad"`
+	MemoryAtRest map[string]loadgen.Memory `json:"memoryAtRest"`
+	MemoryAfter  map[string]loadgen.Memory `json:"memoryAfterLoad"`
 	// Exchange is sidecar A's exchange counters at the end of the run.
 	Exchange exchangeStats `json:"exchange"`
 
@@ -71,26 +66,18 @@ type report struct {
 
 // phaseResult is one phase's figures on one path.
 type phaseResult struct {
-	Path       string  `json:"path"`
-	Kind       string  `json:"kind"` // open or peak
-	Workers    int     `json:"workers"`
-	ElapsedSec float64 `json:"elapsedSec"`
-	OK         int64   `json:"ok"`
-	Errors     int64   `json:"errors"`
-	FirstError string  `json:"firstError,omitempty"`
-	// Rate is successful requests per wall-clock second.
-	Rate float64 `json:"rate"`
-	// TargetRate is the open loop's scheduled rate.
-	TargetRate float64 `json:"targetRate,omitempty"`
-	// Latency of successful requests in milliseconds: from the scheduled
-	// send time (open loop) or from the send (peak).
-	Latency percentiles `json:"latencyMs"`
+	Path string `json:"path"`
+	Kind string `json:"kind"` // open or peak
+	// Phase is the counts, the rate (TargetRate: open loop only) and the
+	// latency of successful requests: from the scheduled send time (open
+	// loop) or from the send (peak).
+	loadgen.Phase
 	// Service is the time from the actual send to the response (open
 	// loop): Latency less the wait for the send.
-	Service *percentiles `json:"serviceMs,omitempty"`
+	Service *loadgen.Percentiles `json:"serviceMs,omitempty"`
 	// TimerLag is how late the open loop's dispatcher woke up for each
 	// scheduled request: the load generator's own delay.
-	TimerLag *percentiles `json:"timerLagMs,omitempty"`
+	TimerLag *loadgen.Percentiles `json:"timerLagMs,omitempty"`
 	// CPU is each process group's CPU-seconds during the phase.
 	CPU []cpuShare `json:"cpu"`
 	// ClientCPUSec is the CPU time the load generator used.
@@ -126,87 +113,41 @@ func (p *phaseResult) coresPer1k(name string) float64 {
 	return p.cores(name) / (p.Rate / 1000)
 }
 
-// percentiles summarises a latency distribution in milliseconds.
-type percentiles struct {
-	N   int     `json:"n"`
-	P50 float64 `json:"p50"`
-	P90 float64 `json:"p90"`
-	P99 float64 `json:"p99"`
-	Max float64 `json:"max"`
-}
-
-// summarize sorts s in place and returns its nearest-rank percentiles.
-func summarize(s []time.Duration) percentiles {
-	if len(s) == 0 {
-		return percentiles{}
-	}
-	slices.Sort(s)
-	at := func(p float64) float64 {
-		i := int(p*float64(len(s))+0.999999) - 1
-		return float64(s[max(0, min(i, len(s)-1))]) / percentileBase
-	}
-	return percentiles{N: len(s), P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: float64(s[len(s)-1]) / percentileBase}
-}
-
 // meter measures a phase's wall time and the CPU time of the measured
 // process groups, of the load generator and of the whole machine.
 type meter struct {
-	groups  []procGroup
-	start   time.Time
-	cpu     []time.Duration
-	client  time.Duration
-	machine time.Duration
+	*loadgen.Meter
+	groups []loadgen.Group
 }
 
-func startMeter(groups []procGroup) (*meter, error) {
-	m := &meter{groups: groups}
-	for _, g := range groups {
-		d, err := groupCPU(g.PIDs)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", g.Name, err)
-		}
-		m.cpu = append(m.cpu, d)
-	}
-	busy, err := machineBusy()
+func startMeter(groups []loadgen.Group) (*meter, error) {
+	m, err := loadgen.StartMeter(groups)
 	if err != nil {
 		return nil, err
 	}
-	m.machine, m.client, m.start = busy, selfCPU(), time.Now()
-	return m, nil
+	return &meter{Meter: m, groups: groups}, nil
 }
 
 // finish closes the measurement and summarises rec and, if any, the
 // dispatcher's lateness lag.
-func (m *meter) finish(path, kind string, workers int, rec *recorder, lag []time.Duration) (*phaseResult, error) {
-	elapsed := time.Since(m.start)
-	r := &phaseResult{
-		Path: path, Kind: kind, Workers: workers, ElapsedSec: elapsed.Seconds(),
-		OK: rec.ok.Load(), Errors: rec.errs.Load(), FirstError: rec.firstErr,
-		Latency:      summarize(kept(rec.lat, &rec.nLat)),
-		ClientCPUSec: (selfCPU() - m.client).Seconds(),
-	}
-	measured := r.ClientCPUSec
-	for i, g := range m.groups {
-		d, err := groupCPU(g.PIDs)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", g.Name, err)
-		}
-		sec := (d - m.cpu[i]).Seconds()
-		r.CPU = append(r.CPU, cpuShare{Name: g.Name, CPUSec: sec})
-		measured += sec
-	}
-	busy, err := machineBusy()
+func (m *meter) finish(path, kind string, workers int, rec *loadgen.Recorder, lag []time.Duration) (*phaseResult, error) {
+	u, err := m.Stop()
 	if err != nil {
 		return nil, err
 	}
-	r.Rate = float64(r.OK) / r.ElapsedSec
-	r.OtherCores = max(0, ((busy-m.machine).Seconds()-measured)/r.ElapsedSec)
-	if rec.svc != nil {
-		p := summarize(kept(rec.svc, &rec.nSvc))
-		r.Service = &p
+	t := rec.Tally()
+	r := &phaseResult{
+		Path: path, Kind: kind,
+		Phase:        loadgen.NewPhase(workers, u.Elapsed, t),
+		Service:      t.Service,
+		ClientCPUSec: u.Client.Seconds(),
+		OtherCores:   u.OtherCores(),
+	}
+	for i, g := range m.groups {
+		r.CPU = append(r.CPU, cpuShare{Name: g.Name, CPUSec: u.Groups[i].Seconds()})
 	}
 	if lag != nil {
-		p := summarize(lag)
+		p := loadgen.Summarize(lag)
 		r.TimerLag = &p
 	}
 	return r, nil
@@ -264,11 +205,11 @@ func (r *report) finish() {
 	}
 }
 
-// writeText prints the human-readable report.
-func (r *report) writeText(w io.Writer) {
+// WriteText prints the human-readable report.
+func (r *report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "Postern sidecar benchmark: one hop (client -> sidecar A -> mTLS -> sidecar B -> app) vs direct vs an nginx mTLS pair\n\n")
-	fmt.Fprintf(w, "machine    %s, %d CPUs, %s %s/%s\n", r.CPUModel, r.NumCPU, r.GoVersion, r.GOOS, r.GOARCH)
-	fmt.Fprintf(w, "processes  load generator GOMAXPROCS=%d; sidecars GOMAXPROCS=%d; nginx: %s", r.ClientProcs, r.SidecarProc, r.Nginx)
+	fmt.Fprintf(w, "machine    %s\n", r.Machine)
+	fmt.Fprintf(w, "processes  load generator GOMAXPROCS=%d; sidecars GOMAXPROCS=%d; nginx: %s", r.ClientGOMAXPROCS, r.SidecarProc, r.Nginx)
 	if r.NginxWork != "" {
 		fmt.Fprintf(w, ", worker_processes %s each", r.NginxWork)
 	}
@@ -295,7 +236,7 @@ func (r *report) writeText(w io.Writer) {
 		} else {
 			fmt.Fprintf(w, "Peak, closed loop, %d workers for %s (latency from each send):\n", r.Workers, r.Duration)
 		}
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		tw := loadgen.NewTable(w)
 		fmt.Fprintln(tw, "path\tok\terrors\trate/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tadded p50\tadded p99\tproxy A cores\tproxy B cores\tA per 1k/s\tB per 1k/s\tapp cores\tclient cores\tother cores\t")
 		direct := r.phase(pathDirect, kind)
 		for _, path := range []string{pathDirect, pathNginx, pathPostern} {
@@ -341,7 +282,7 @@ func (r *report) writeText(w io.Writer) {
 	}
 
 	fmt.Fprintln(w, "Memory (VmRSS; peak is VmHWM; nginx: master + workers):")
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := loadgen.NewTable(w)
 	fmt.Fprintln(tw, "process\tat rest MB\tafter load MB\tpeak MB\t")
 	for _, g := range []string{groupSidecarA, groupSidecarB, groupNginxA, groupNginxB} {
 		rest, ok := r.MemoryAtRest[g]

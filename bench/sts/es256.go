@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 // rawES256 measures the machine's raw ES256 rate on one core: each op is
@@ -28,7 +30,7 @@ func rawES256(ctx context.Context, d time.Duration) (rawResult, error) {
 		return rawResult{}, fmt.Errorf("raw ES256: %w", err)
 	}
 	const maxOps = 10_000_000
-	start, cpu0 := time.Now(), selfCPU()
+	start, cpu0 := time.Now(), loadgen.SelfCPU()
 	deadline := start.Add(d)
 	var ops int
 	for ops < maxOps && time.Now().Before(deadline) && ctx.Err() == nil {
@@ -43,7 +45,7 @@ func rawES256(ctx context.Context, d time.Duration) (rawResult, error) {
 	if err := ctx.Err(); err != nil {
 		return rawResult{}, err
 	}
-	wall, cpu := time.Since(start), selfCPU()-cpu0
+	wall, cpu := time.Since(start), loadgen.SelfCPU()-cpu0
 	r := rawResult{Ops: ops, PerSecond: float64(ops) / wall.Seconds()}
 	r.PerCPUSecond = r.PerSecond
 	if cpu > 0 {

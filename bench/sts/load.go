@@ -4,12 +4,9 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -20,12 +17,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-
+	"postern.dev/postern/bench/internal/loadgen"
 	"postern.dev/postern/internal/token"
 )
 
@@ -77,7 +72,7 @@ func newWorkload(ctx context.Context, o *options, info childInfo) (*workload, er
 			return nil, fmt.Errorf("SVID for %s: %w", id, err)
 		}
 	}
-	if w.userToken, err = mintUserToken(filepath.Join(o.quickstart, "idp", "idp-key.pem")); err != nil {
+	if w.userToken, err = loadgen.MintUserToken(filepath.Join(o.quickstart, "idp", "idp-key.pem")); err != nil {
 		return nil, err
 	}
 
@@ -223,108 +218,18 @@ func (w *workload) exchange(ctx context.Context, c *http.Client, body string, wa
 	return ok.AccessToken, resp, nil
 }
 
-// mintUserToken signs the quickstart user's token (alice, who may write
-// orders) with the quickstart IdP's published demo key.
-func mintUserToken(keyFile string) (string, error) {
-	b, err := os.ReadFile(keyFile)
-	if err != nil {
-		return "", fmt.Errorf("idp key: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return "", errors.New("idp key: no PEM block")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return "", fmt.Errorf("idp key: %w", err)
-	}
-	key, ok := k.(*ecdsa.PrivateKey)
-	if !ok {
-		return "", errors.New("idp key: not an ECDSA key")
-	}
-	tp, err := (&jose.JSONWebKey{Key: key.Public()}).Thumbprint(cryptoSHA256)
-	if err != nil {
-		return "", fmt.Errorf("idp key: %w", err)
-	}
-	sg, err := token.NewSigner(base64.RawURLEncoding.EncodeToString(tp), jose.ES256, key, token.TypeJWT)
-	if err != nil {
-		return "", err
-	}
-	now := time.Now()
-	return sg.Sign(&token.Claims{
-		Issuer: "https://idp.quickstart.local", Subject: "alice", Audience: []string{"quickstart-shop"},
-		Scope: "orders:read orders:write", IssuedAt: now, Expiry: now.Add(time.Hour),
-		Extra: map[string]any{"email": "alice@example.com"},
-	})
-}
-
-// recorder is one phase's tally, shared by its workers. Its sample slices
-// are allocated once (untouched pages cost nothing) and never grow: a
-// sample past their end is counted but not kept.
-type recorder struct {
-	lat, hs, svc      []time.Duration
-	nLat, nHS, nSvc   atomic.Int64
-	ok, errs, resumed atomic.Int64
-	errOnce           sync.Once
-	firstErr          string
-}
-
-// newRecorder returns a recorder for at most capacity samples of latency
-// and, if asked, of handshake time and of service time.
-func newRecorder(capacity int64, handshakes, service bool) *recorder {
-	r := &recorder{lat: make([]time.Duration, capacity)}
-	if handshakes {
-		r.hs = make([]time.Duration, capacity)
-	}
-	if service {
-		r.svc = make([]time.Duration, capacity)
-	}
-	return r
-}
-
-// put stores d in the next free slot of s, if any.
-func put(s []time.Duration, n *atomic.Int64, d time.Duration) {
-	if i := n.Add(1) - 1; i < int64(len(s)) {
-		s[i] = d
-	}
-}
-
-// record counts one request; a success adds its latency and, if recorded,
-// its service time.
-func (r *recorder) record(lat, svc time.Duration, err error) {
-	if err != nil {
-		r.errs.Add(1)
-		r.errOnce.Do(func() { r.firstErr = err.Error() })
-		return
-	}
-	r.ok.Add(1)
-	put(r.lat, &r.nLat, lat)
-	if r.svc != nil {
-		put(r.svc, &r.nSvc, svc)
-	}
-}
-
-// kept returns the filled part of s.
-func kept(s []time.Duration, n *atomic.Int64) []time.Duration {
-	return s[:min(n.Load(), int64(len(s)))]
-}
-
 // do sends one hop-2 exchange and records its latency from start (the
 // scheduled time in an open loop) and its service time from the actual
-// send. With r.hs set it also records the TLS handshake time and whether
-// the session was resumed.
-func (w *workload) do(ctx context.Context, c *http.Client, r *recorder, start time.Time) {
-	if r.hs != nil {
+// send. If r records handshakes it also records the TLS handshake time and
+// whether the session was resumed.
+func (w *workload) do(ctx context.Context, c *http.Client, r *loadgen.Recorder, start time.Time) {
+	if r.RecordsHandshakes() {
 		var hsStart time.Time
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			TLSHandshakeStart: func() { hsStart = time.Now() },
 			TLSHandshakeDone: func(cs tls.ConnectionState, err error) {
-				if err != nil {
-					return
-				}
-				put(r.hs, &r.nHS, time.Since(hsStart))
-				if cs.DidResume {
-					r.resumed.Add(1)
+				if err == nil {
+					r.RecordHandshake(time.Since(hsStart), cs.DidResume)
 				}
 			},
 		})
@@ -332,83 +237,45 @@ func (w *workload) do(ctx context.Context, c *http.Client, r *recorder, start ti
 	sent := time.Now()
 	_, _, err := w.exchange(ctx, c, *w.body.Load(), false)
 	end := time.Now()
-	r.record(end.Sub(start), end.Sub(sent), err)
+	r.Record(end.Sub(start), end.Sub(sent), err)
 }
 
 // closedLoop runs one worker per client, each sending its next request as
 // soon as the previous one is answered, for d or until maxReq requests.
 func (w *workload) closedLoop(ctx context.Context, name string, pid int, clients []*http.Client, d time.Duration, maxReq int64) (*phaseResult, error) {
 	handshakes := len(clients) > 0 && clients[0].Transport.(*http.Transport).DisableKeepAlives
-	var sent atomic.Int64
-	rec := newRecorder(maxReq, handshakes, false)
+	rec := loadgen.NewRecorder(maxReq, handshakes, false)
 	m, err := startMeter(pid, &w.handshakes)
 	if err != nil {
 		return nil, err
 	}
-	deadline := m.start.Add(d)
-	var wg sync.WaitGroup
-	for _, c := range clients {
-		wg.Go(func() {
-			for ctx.Err() == nil && time.Now().Before(deadline) && sent.Add(1) <= maxReq {
-				w.do(ctx, c, rec, time.Now())
-			}
-		})
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	err = loadgen.ClosedLoop(ctx, len(clients), m.Start().Add(d), maxReq, func(i int) {
+		w.do(ctx, clients[i], rec, time.Now())
+	})
+	if err != nil {
 		return nil, err
 	}
 	return m.finish(name, len(clients), rec, nil)
 }
 
-// openLoop sends requests at rate per second for d, on a fixed schedule
-// that does not wait for answers: request i is due at start + i/rate, and
-// its latency is measured from that due time, so a stalled server is
-// charged for the requests it delayed (no coordinated omission). The
-// workers (one per client) take due times from a queue.
+// openLoop sends requests at rate per second for d on a fixed schedule
+// that does not wait for answers, latency measured from each request's due
+// time (see loadgen.OpenLoop), one sender per keep-alive client.
 func (w *workload) openLoop(ctx context.Context, name string, pid int, rate float64, d time.Duration, maxReq int64) (*phaseResult, error) {
-	if rate <= 0 {
-		return nil, errors.New("open loop: rate must be positive")
+	total, err := loadgen.OpenLoopSize(rate, d, maxReq)
+	if err != nil {
+		return nil, err
 	}
-	total := min(int64(rate*d.Seconds()), maxReq)
-	interval := time.Duration(float64(time.Second) / rate)
 	clients := w.keepAlive
-	due := make(chan time.Time, 1024)
-	rec := newRecorder(total, false, true)
-	lag := make([]time.Duration, 0, total) // the dispatcher's own lateness
+	rec := loadgen.NewRecorder(total, false, true)
 	m, err := startMeter(pid, &w.handshakes)
 	if err != nil {
 		return nil, err
 	}
-	var wg sync.WaitGroup
-	for _, c := range clients {
-		wg.Go(func() {
-			for t := range due {
-				if ctx.Err() == nil {
-					w.do(ctx, c, rec, t)
-				}
-			}
-		})
-	}
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-schedule:
-	for i := range total {
-		t := m.start.Add(time.Duration(i) * interval)
-		if wait := time.Until(t); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				break schedule
-			}
-		}
-		lag = append(lag, time.Since(t))
-		due <- t
-	}
-	close(due)
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	lag, err := loadgen.OpenLoop(ctx, m.Start(), rate, total, len(clients), func(i int, due time.Time) {
+		w.do(ctx, clients[i], rec, due)
+	})
+	if err != nil {
 		return nil, err
 	}
 	res, err := m.finish(name, len(clients), rec, lag)

@@ -29,17 +29,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"runtime"
 	"syscall"
 	"time"
+
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 // options are the command-line flags.
@@ -103,60 +101,36 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	case o.audit != "file" && o.audit != "discard":
 		return nil, fmt.Errorf("-audit %q: must be file or discard", o.audit)
 	}
-	for _, p := range []*string{&o.quickstart, &o.cpuProfile} {
-		if *p == "" {
-			continue
-		}
-		abs, err := filepath.Abs(*p)
-		if err != nil {
-			return nil, err
-		}
-		*p = abs
+	if err := loadgen.AbsPaths(&o.quickstart, &o.cpuProfile); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
 
 // run is the whole benchmark; it returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "bench/sts:", err)
-		return 2
-	}
-	rep, err := benchmark(ctx, o, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "bench/sts:", err)
-		return 1
-	}
-	if o.jsonOut {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			fmt.Fprintln(stderr, "bench/sts:", err)
-			return 1
-		}
-		return 0
-	}
-	rep.writeText(stdout)
-	return 0
+	var o *options
+	return loadgen.Command{
+		Name: "bench/sts",
+		Parse: func(args []string, stderr io.Writer) (bool, error) {
+			var err error
+			o, err = parseFlags(args, stderr)
+			return err == nil && o.jsonOut, err
+		},
+		Bench: func(ctx context.Context, log io.Writer) (loadgen.Report, error) {
+			return benchmark(ctx, o, log)
+		},
+	}.Run(ctx, args, stdout, stderr)
 }
 
 // benchmark runs every phase against a child server and returns the report.
 func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) {
 	rep := &report{
-		CPUModel:        cpuModel(),
-		NumCPU:          runtime.NumCPU(),
-		GoVersion:       runtime.Version(),
-		GOOS:            runtime.GOOS,
-		GOARCH:          runtime.GOARCH,
-		ClientGOMAXPROC: runtime.GOMAXPROCS(0),
-		Workers:         o.workers,
-		Duration:        o.duration.String(),
-		Audit:           o.audit,
-		ClockTicks:      clockTicks,
+		Machine:    loadgen.ThisMachine(),
+		Workers:    o.workers,
+		Duration:   o.duration.String(),
+		Audit:      o.audit,
+		ClockTicks: loadgen.ClockTicks,
 	}
 
 	progress(log, "raw ES256 verify+sign, one goroutine, %s", o.rawDuration)
@@ -176,7 +150,7 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer child.stop()
+	defer child.Stop()
 	rep.ServerGOMAXPROC = child.info.GOMAXPROCS
 	rep.ServerPID = child.info.PID
 
@@ -197,7 +171,7 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 		return nil, err
 	}
 	if o.cpuProfile != "" {
-		if err := child.command(ctx, "cpuprofile-start "+o.cpuProfile); err != nil {
+		if err := child.Command(ctx, "cpuprofile-start "+o.cpuProfile); err != nil {
 			return nil, err
 		}
 	}
@@ -206,7 +180,7 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 		return nil, err
 	}
 	if o.cpuProfile != "" {
-		if err := child.command(ctx, "cpuprofile-stop"); err != nil {
+		if err := child.Command(ctx, "cpuprofile-stop"); err != nil {
 			return nil, err
 		}
 		progress(log, "server CPU profile of phase A written to %s", o.cpuProfile)

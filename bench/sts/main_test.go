@@ -4,10 +4,8 @@ package main
 
 import (
 	"io"
-	"os"
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -41,62 +39,5 @@ func TestParseFlags(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
-	}
-}
-
-func TestSummarize(t *testing.T) {
-	s := make([]time.Duration, 100)
-	for i := range s {
-		s[len(s)-1-i] = time.Duration(i+1) * time.Millisecond // 100..1 ms, unsorted
-	}
-	got := summarize(s)
-	want := percentiles{N: 100, P50: 50, P90: 90, P99: 99, Max: 100}
-	if got != want {
-		t.Errorf("summarize = %+v, want %+v", got, want)
-	}
-	if got := summarize(nil); got != (percentiles{}) {
-		t.Errorf("summarize(nil) = %+v", got)
-	}
-	if got := summarize([]time.Duration{3 * time.Millisecond}); got.P50 != 3 || got.P99 != 3 || got.Max != 3 {
-		t.Errorf("one sample: %+v", got)
-	}
-}
-
-func TestProcCPU(t *testing.T) {
-	start := time.Now()
-	for time.Since(start) < 50*time.Millisecond { // burn some CPU
-	}
-	d, err := procCPU(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d <= 0 || d > time.Hour {
-		t.Errorf("procCPU = %s", d)
-	}
-	if _, err := procCPU(-1); err == nil {
-		t.Error("no error for a missing process")
-	}
-	if busy, err := machineBusy(); err != nil || busy < d {
-		t.Errorf("machineBusy = %s, %v; want at least this process's %s", busy, err, d)
-	}
-}
-
-func TestCopyDirAndRecorderBounds(t *testing.T) {
-	r := newRecorder(2, false, false)
-	for range 5 {
-		r.record(time.Millisecond, 0, nil)
-	}
-	if lat := kept(r.lat, &r.nLat); len(lat) != 2 || r.ok.Load() != 5 {
-		t.Errorf("kept %d samples of %d, want 2 of 5", len(lat), r.ok.Load())
-	}
-	src, dst := t.TempDir(), t.TempDir()+"/copy"
-	if err := os.WriteFile(src+"/a.yaml", []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := copyDir(src, dst); err != nil {
-		t.Fatal(err)
-	}
-	if b, err := os.ReadFile(dst + "/a.yaml"); err != nil || string(b) != "x" {
-		t.Errorf("copy: %q, %v", b, err)
 	}
 }

@@ -5,28 +5,22 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"sync/atomic"
-	"text/tabwriter"
 	"time"
+
+	"postern.dev/postern/bench/internal/loadgen"
 )
 
 // Targets from the issue.
 const (
-	targetRatio    = 0.5                  // exchanges per server core / raw ES256 per core
-	targetHalfP99  = 5 * time.Millisecond // p99 at half the peak rate
-	percentileBase = float64(time.Millisecond)
+	targetRatio   = 0.5                  // exchanges per server core / raw ES256 per core
+	targetHalfP99 = 5 * time.Millisecond // p99 at half the peak rate
 )
 
 // report is everything one run measured; it is what -json prints.
 type report struct {
-	CPUModel        string `json:"cpuModel"`
-	NumCPU          int    `json:"numCPU"`
-	GoVersion       string `json:"goVersion"`
-	GOOS            string `json:"goos"`
-	GOARCH          string `json:"goarch"`
-	ClientGOMAXPROC int    `json:"clientGOMAXPROCS"`
+	loadgen.Machine
 	ServerGOMAXPROC int    `json:"serverGOMAXPROCS"`
 	ServerPID       int    `json:"serverPID"`
 	Transport       string `json:"transport"`
@@ -55,26 +49,18 @@ type report struct {
 
 // phaseResult is one phase's figures.
 type phaseResult struct {
-	Name       string  `json:"name"`
-	Workers    int     `json:"workers"`
-	ElapsedSec float64 `json:"elapsedSec"`
-	OK         int64   `json:"ok"`
-	Errors     int64   `json:"errors"`
-	FirstError string  `json:"firstError,omitempty"`
-	// Rate is successful exchanges per wall-clock second.
-	Rate float64 `json:"rate"`
-	// TargetRate is the open loop's scheduled rate (phase B only).
-	TargetRate float64 `json:"targetRate,omitempty"`
-	// Latency of successful exchanges, in milliseconds.
-	Latency percentiles `json:"latencyMs"`
+	Name string `json:"name"`
+	// Phase is the counts, the rate of successful exchanges (TargetRate:
+	// phase B only) and their latency.
+	loadgen.Phase
 	// Handshake is the TLS handshake time alone (phase C only).
-	Handshake *percentiles `json:"handshakeMs,omitempty"`
+	Handshake *loadgen.Percentiles `json:"handshakeMs,omitempty"`
 	// Service is the time from the actual send to the response (phase B
 	// only): Latency less the wait for the send.
-	Service *percentiles `json:"serviceMs,omitempty"`
+	Service *loadgen.Percentiles `json:"serviceMs,omitempty"`
 	// TimerLag is how late the open loop's dispatcher woke up for each
 	// scheduled request (phase B only): the load generator's own delay.
-	TimerLag *percentiles `json:"timerLagMs,omitempty"`
+	TimerLag *loadgen.Percentiles `json:"timerLagMs,omitempty"`
 	// NewConnections is how many TLS handshakes the clients completed.
 	NewConnections int64 `json:"newConnections"`
 	// Resumed is how many of them resumed a session (phase C only).
@@ -93,89 +79,47 @@ type phaseResult struct {
 	OtherCores float64 `json:"otherCores"`
 }
 
-// percentiles summarises a latency distribution in milliseconds.
-type percentiles struct {
-	N   int     `json:"n"`
-	P50 float64 `json:"p50"`
-	P90 float64 `json:"p90"`
-	P99 float64 `json:"p99"`
-	Max float64 `json:"max"`
-}
-
-// summarize sorts s in place and returns its nearest-rank percentiles.
-func summarize(s []time.Duration) percentiles {
-	if len(s) == 0 {
-		return percentiles{}
-	}
-	slices.Sort(s)
-	at := func(p float64) float64 {
-		i := int(p*float64(len(s))+0.999999) - 1
-		return float64(s[max(0, min(i, len(s)-1))]) / percentileBase
-	}
-	return percentiles{N: len(s), P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: float64(s[len(s)-1]) / percentileBase}
-}
-
 // meter measures a phase's wall time, the server's and the load
 // generator's CPU time, and the handshakes done meanwhile.
 type meter struct {
-	pid        int
-	start      time.Time
-	server     time.Duration
-	client     time.Duration
-	machine    time.Duration
+	*loadgen.Meter
 	handshakes *atomic.Int64
 	hs0        int64
 }
 
 func startMeter(pid int, handshakes *atomic.Int64) (*meter, error) {
-	srv, err := procCPU(pid)
+	m, err := loadgen.StartMeter([]loadgen.Group{{Name: "server", PIDs: []int{pid}}})
 	if err != nil {
 		return nil, err
 	}
-	busy, err := machineBusy()
-	if err != nil {
-		return nil, err
-	}
-	return &meter{pid: pid, start: time.Now(), server: srv, client: selfCPU(), machine: busy, handshakes: handshakes, hs0: handshakes.Load()}, nil
+	return &meter{Meter: m, handshakes: handshakes, hs0: handshakes.Load()}, nil
 }
 
 // finish closes the measurement and summarises rec and, if any, the
 // dispatcher's lateness lag.
-func (m *meter) finish(name string, workers int, rec *recorder, lag []time.Duration) (*phaseResult, error) {
-	elapsed := time.Since(m.start)
-	srv, err := procCPU(m.pid)
+func (m *meter) finish(name string, workers int, rec *loadgen.Recorder, lag []time.Duration) (*phaseResult, error) {
+	u, err := m.Stop()
 	if err != nil {
 		return nil, err
 	}
-	busy, err := machineBusy()
-	if err != nil {
-		return nil, err
-	}
+	t := rec.Tally()
 	r := &phaseResult{
-		Name: name, Workers: workers, ElapsedSec: elapsed.Seconds(),
-		OK: rec.ok.Load(), Errors: rec.errs.Load(), FirstError: rec.firstErr,
-		Latency:        summarize(kept(rec.lat, &rec.nLat)),
+		Name:           name,
+		Phase:          loadgen.NewPhase(workers, u.Elapsed, t),
+		Handshake:      t.Handshake,
+		Service:        t.Service,
 		NewConnections: m.handshakes.Load() - m.hs0,
-		Resumed:        rec.resumed.Load(),
-		ServerCPUSec:   (srv - m.server).Seconds(),
-		ClientCPUSec:   (selfCPU() - m.client).Seconds(),
+		Resumed:        t.Resumed,
+		ServerCPUSec:   u.Groups[0].Seconds(),
+		ClientCPUSec:   u.Client.Seconds(),
+		OtherCores:     u.OtherCores(),
 	}
-	r.Rate = float64(r.OK) / r.ElapsedSec
 	r.ServerCores = r.ServerCPUSec / r.ElapsedSec
-	r.OtherCores = max(0, ((busy-m.machine).Seconds()-r.ServerCPUSec-r.ClientCPUSec)/r.ElapsedSec)
 	if r.ServerCPUSec > 0 {
 		r.PerServerCore = float64(r.OK) / r.ServerCPUSec
 	}
-	if rec.hs != nil {
-		p := summarize(kept(rec.hs, &rec.nHS))
-		r.Handshake = &p
-	}
-	if rec.svc != nil {
-		p := summarize(kept(rec.svc, &rec.nSvc))
-		r.Service = &p
-	}
 	if lag != nil {
-		p := summarize(lag)
+		p := loadgen.Summarize(lag)
 		r.TimerLag = &p
 	}
 	return r, nil
@@ -189,19 +133,19 @@ func (r *report) finish(peak, half *phaseResult) {
 	}
 	r.RatioMet = r.Ratio >= targetRatio
 	r.HalfP99Ms = half.Latency.P99
-	r.HalfP99Met = half.Latency.N > 0 && half.Errors == 0 && half.Latency.P99 < float64(targetHalfP99)/percentileBase
+	r.HalfP99Met = half.Latency.N > 0 && half.Errors == 0 && half.Latency.P99 < loadgen.Millis(targetHalfP99)
 }
 
-// writeText prints the human-readable report.
-func (r *report) writeText(w io.Writer) {
+// WriteText prints the human-readable report.
+func (r *report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "Postern STS benchmark: hop-2 token exchange (order-processing -> inventory), mTLS over loopback\n\n")
-	fmt.Fprintf(w, "machine    %s, %d CPUs, %s %s/%s\n", r.CPUModel, r.NumCPU, r.GoVersion, r.GOOS, r.GOARCH)
-	fmt.Fprintf(w, "processes  load generator GOMAXPROCS=%d; server (child pid %d) GOMAXPROCS=%d; both on this machine\n", r.ClientGOMAXPROC, r.ServerPID, r.ServerGOMAXPROC)
+	fmt.Fprintf(w, "machine    %s\n", r.Machine)
+	fmt.Fprintf(w, "processes  load generator GOMAXPROCS=%d; server (child pid %d) GOMAXPROCS=%d; both on this machine\n", r.ClientGOMAXPROCS, r.ServerPID, r.ServerGOMAXPROC)
 	fmt.Fprintf(w, "transport  %s; audit lines: %s\n", r.Transport, r.Audit)
 	fmt.Fprintf(w, "raw ES256  %.0f verify+sign/s per core (before %.0f, after %.0f per CPU-second; wall %.0f, %.0f/s)\n\n",
 		r.RawLimit, r.RawBefore.PerCPUSecond, r.RawAfter.PerCPUSecond, r.RawBefore.PerSecond, r.RawAfter.PerSecond)
 
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := loadgen.NewTable(w)
 	fmt.Fprintln(tw, "phase\tok\terrors\trate/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tsrv cores\tper srv core\tvs ES256\tnew conns\t")
 	for _, p := range r.Phases {
 		vs := 0.0
