@@ -18,6 +18,9 @@ import (
 	"sync/atomic"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -349,6 +352,9 @@ func (s *Server) handler() http.Handler {
 		_, _ = w.Write(s.ca.BundlePEM())
 	})
 	mux.Handle(nodeapi.Prefix, s.node)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(s.sts.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

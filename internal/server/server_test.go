@@ -233,6 +233,22 @@ func TestQuickstart(t *testing.T) {
 	if _, err := v.Verify(context.Background(), t1); err != nil {
 		t.Errorf("token does not verify against the JWKS: %v", err)
 	}
+	resp, err := anon.Get(srv.Issuer() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`postern_sts_token_requests_total{grant="token-exchange",outcome="issue"} 3`,
+		`postern_sts_token_requests_total{grant="token-exchange",outcome="deny"} 3`,
+		`postern_sts_token_errors_total{error="access_denied"} 2`,
+		`postern_sts_token_request_duration_seconds_count 6`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	for _, p := range []string{"/.well-known/oauth-authorization-server", "/.well-known/openid-configuration", "/healthz", "/readyz", "/bundle"} {
 		resp, err := anon.Get(srv.Issuer() + p)
 		if err != nil {

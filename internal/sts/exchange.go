@@ -57,8 +57,10 @@ type audit struct {
 }
 
 func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	a := &audit{}
 	resp, oerr := s.token(r.Context(), w, r, a)
+	defer func() { s.metrics.observe(a.grant, oerr, time.Since(start)) }()
 	if a.decisionID == "" {
 		a.decisionID = token.NewID()
 	}

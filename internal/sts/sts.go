@@ -100,6 +100,7 @@ type Service struct {
 
 	revoked *revocations
 	secrets *secretCache
+	metrics *metrics
 
 	remoteMu      sync.Mutex
 	remotes       map[string]*token.RemoteKeySet // by JWKS URI or discovery issuer
@@ -174,6 +175,7 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		cfg:     cfg,
 		revoked: newRevocations(),
+		metrics: newMetrics(),
 		remotes: map[string]*token.RemoteKeySet{},
 
 		introspectors: map[string]*introspect.Client{},
