@@ -123,3 +123,27 @@ func tuneGC() {
 		debug.SetGCPercent(gcPercent)
 	}
 }
+
+// logFlags are the --log-level and --log-format flags of long-running
+// components; values from a configuration file apply unless a flag is given.
+type logFlags struct{ level, format string }
+
+func (l *logFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&l.level, "log-level", "info", "log level: debug, info, warn, error")
+	cmd.Flags().StringVar(&l.format, "log-format", "auto", "log format: json, text, auto (text on a terminal)")
+}
+
+// logger returns the component's logger: the configuration's level and
+// format (cfgLevel, cfgFormat) unless empty or overridden by a flag. It also
+// applies the component's GC setting (tuneGC).
+func (l *logFlags) logger(cmd *cobra.Command, e *env, cfgLevel, cfgFormat string) (*slog.Logger, error) {
+	level, format := cfgLevel, cfgFormat
+	if cmd.Flags().Changed("log-level") || level == "" {
+		level = l.level
+	}
+	if cmd.Flags().Changed("log-format") || format == "" {
+		format = l.format
+	}
+	tuneGC()
+	return newLogger(e.stderr, level, format)
+}

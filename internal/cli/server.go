@@ -78,9 +78,8 @@ func (f *serverFlags) open(e *env) (*server.State, *slog.Logger, error) {
 
 func newServerCmd(e *env) *cobra.Command {
 	var (
-		flags     serverFlags
-		logLevel  string
-		logFormat string
+		flags serverFlags
+		logs  logFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -105,15 +104,7 @@ stays in force.`,
 			if err != nil {
 				return err
 			}
-			level, format := cfg.Log.Level, cfg.Log.Format
-			if cmd.Flags().Changed("log-level") || level == "" {
-				level = logLevel
-			}
-			if cmd.Flags().Changed("log-format") || format == "" {
-				format = logFormat
-			}
-			tuneGC()
-			logger, err := newLogger(e.stderr, level, format)
+			logger, err := logs.logger(cmd, e, cfg.Log.Level, cfg.Log.Format)
 			if err != nil {
 				return err
 			}
@@ -125,8 +116,7 @@ stays in force.`,
 		},
 	}
 	flags.register(cmd, true)
-	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	cmd.Flags().StringVar(&logFormat, "log-format", "auto", "log format: json, text, auto (text on a terminal)")
+	logs.register(cmd)
 	cmd.AddCommand(newRotateKeysCmd(e), newClientSecretCmd(e))
 	return cmd
 }

@@ -11,10 +11,9 @@ import (
 
 func newSidecarCmd(e *env) *cobra.Command {
 	var (
-		config    string
-		check     bool
-		logLevel  string
-		logFormat string
+		config string
+		check  bool
+		logs   logFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "sidecar",
@@ -50,15 +49,7 @@ keys are held) and Prometheus /metrics. SIGTERM drains requests in flight.`,
 				fmt.Fprintf(e.stdout, "%s: configuration is valid\n", config)
 				return nil
 			}
-			level, format := cfg.Log.Level, cfg.Log.Format
-			if cmd.Flags().Changed("log-level") || level == "" {
-				level = logLevel
-			}
-			if cmd.Flags().Changed("log-format") || format == "" {
-				format = logFormat
-			}
-			tuneGC()
-			logger, err := newLogger(e.stderr, level, format)
+			logger, err := logs.logger(cmd, e, cfg.Log.Level, cfg.Log.Format)
 			if err != nil {
 				return err
 			}
@@ -75,7 +66,6 @@ keys are held) and Prometheus /metrics. SIGTERM drains requests in flight.`,
 	}
 	cmd.Flags().StringVarP(&config, "config", "c", "", "sidecar configuration file (YAML)")
 	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
-	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	cmd.Flags().StringVar(&logFormat, "log-format", "auto", "log format: json, text, auto (text on a terminal)")
+	logs.register(cmd)
 	return cmd
 }
