@@ -17,7 +17,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -239,21 +238,7 @@ func (g *Gateway) Ready() bool {
 	return err == nil && svid != nil && len(svid.Certificates) > 0 && g.now().Before(svid.Certificates[0].NotAfter)
 }
 
-func (g *Gateway) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !g.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
-	return mux
-}
+func (g *Gateway) adminHandler() http.Handler { return proxy.AdminHandler(g.Ready, g.registry) }
 
 // Run serves until ctx is done, then drains: /readyz turns 503, the
 // listener stops accepting, and requests in flight finish (bounded by
@@ -268,28 +253,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		slog.String("admin", g.adminLn.Addr().String()),
 		slog.Int("routes", len(g.cfg.Routes)))
 
-	errc := make(chan error, 2)
-	n := 2
-	go func() { errc <- g.srv.ServeTLS(g.ln, "", "") }()
-	go func() { errc <- g.admin.Serve(g.adminLn) }()
+	err := proxy.ServeAndDrain(ctx,
+		[]proxy.Listening{{Server: g.srv, Listener: g.ln, TLS: true}},
+		proxy.Listening{Server: g.admin, Listener: g.adminLn},
+		time.Duration(g.cfg.DrainTimeout), func() { g.draining.Store(true) }, g.logger)
 	var runErr error
-	select {
-	case err := <-errc:
-		n--
+	if err != nil {
 		runErr = fmt.Errorf("gateway: serve: %w", err)
-	case <-ctx.Done():
-	}
-	g.draining.Store(true)
-	dctx, dcancel := context.WithTimeout(context.Background(), time.Duration(g.cfg.DrainTimeout))
-	defer dcancel()
-	if err := g.srv.Shutdown(dctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		g.logger.Warn("drain cut short", slog.String("error", err.Error()))
-	}
-	_ = g.admin.Shutdown(dctx)
-	for range n {
-		if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) && runErr == nil {
-			runErr = fmt.Errorf("gateway: serve: %w", err)
-		}
 	}
 	g.logger.Info("postern gateway stopped", slog.String("spiffe_id", g.id.String()))
 	return runErr

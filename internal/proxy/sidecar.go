@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -270,21 +268,7 @@ func (s *Sidecar) Ready() bool {
 	return err == nil && len(svid.Certificates) > 0 && s.now().Before(svid.Certificates[0].NotAfter)
 }
 
-func (s *Sidecar) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !s.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
-	return mux
-}
+func (s *Sidecar) adminHandler() http.Handler { return AdminHandler(s.Ready, s.registry) }
 
 // Run serves until ctx is done, then drains: /readyz turns 503, the
 // listeners stop accepting, and requests in flight finish (bounded by
@@ -301,37 +285,13 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		slog.String("outbound", s.outLn.Addr().String()),
 		slog.String("admin", s.adminLn.Addr().String()))
 
-	errc := make(chan error, 3)
-	n := 3
-	go func() { errc <- s.inSrv.ServeTLS(s.inLn, "", "") }()
-	go func() { errc <- s.outSrv.Serve(s.outLn) }()
-	go func() { errc <- s.admin.Serve(s.adminLn) }()
+	err := ServeAndDrain(ctx,
+		[]Listening{{Server: s.inSrv, Listener: s.inLn, TLS: true}, {Server: s.outSrv, Listener: s.outLn}},
+		Listening{Server: s.admin, Listener: s.adminLn},
+		time.Duration(s.cfg.DrainTimeout), func() { s.draining.Store(true) }, s.logger)
 	var runErr error
-	select {
-	case err := <-errc:
-		n--
+	if err != nil {
 		runErr = fmt.Errorf("proxy: serve: %w", err)
-	case <-ctx.Done():
-	}
-	s.draining.Store(true)
-	dctx, dcancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.DrainTimeout))
-	defer dcancel()
-	var wg sync.WaitGroup
-	for _, srv := range []*http.Server{s.inSrv, s.outSrv} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Shutdown(dctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				s.logger.Warn("drain cut short", slog.String("error", err.Error()))
-			}
-		}()
-	}
-	wg.Wait()
-	_ = s.admin.Shutdown(dctx)
-	for range n {
-		if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) && runErr == nil {
-			runErr = fmt.Errorf("proxy: serve: %w", err)
-		}
 	}
 	s.logger.Info("postern sidecar stopped", slog.String("spiffe_id", s.id.String()))
 	return runErr
