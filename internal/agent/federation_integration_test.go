@@ -22,6 +22,7 @@ import (
 	"postern.dev/postern/internal/attest"
 	"postern.dev/postern/internal/server"
 	"postern.dev/postern/internal/testca"
+	"postern.dev/postern/internal/testserver"
 )
 
 // TestIntegrationFederation runs a partner's bundle endpoint (https_spiffe,
@@ -71,21 +72,13 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	logger := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	srvCtx, stopSrv := context.WithCancel(ctx)
-	srv, err := server.New(srvCtx, cfg, logger, nil)
-	if err != nil {
-		stopSrv()
-		t.Fatalf("server: %v", err)
-	}
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Run(srvCtx) }()
-	t.Cleanup(func() { stopSrv(); <-srvDone })
+	srv := testserver.Start(t, cfg, logger)
 
 	tok, err := attest.CreateJoinToken(ctx, srv.Store(), spiffeid.RequireFromString("spiffe://it.local/postern/agent/node1"), 10*time.Minute, time.Time{})
 	if err != nil {

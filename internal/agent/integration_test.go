@@ -18,6 +18,7 @@ import (
 
 	"postern.dev/postern/internal/attest"
 	"postern.dev/postern/internal/server"
+	"postern.dev/postern/internal/testserver"
 )
 
 const integrationWorkloads = `apiVersion: postern.dev/v1
@@ -55,21 +56,13 @@ func TestIntegrationRealServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	logger := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	srvCtx, stopSrv := context.WithCancel(ctx)
-	srv, err := server.New(srvCtx, cfg, logger, nil)
-	if err != nil {
-		stopSrv()
-		t.Fatalf("server: %v", err)
-	}
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Run(srvCtx) }()
-	t.Cleanup(func() { stopSrv(); <-srvDone })
+	srv := testserver.Start(t, cfg, logger)
 
 	agentID := spiffeid.RequireFromString("spiffe://it.local/postern/agent/node1")
 	tok, err := attest.CreateJoinToken(ctx, srv.Store(), agentID, 10*time.Minute, time.Time{})

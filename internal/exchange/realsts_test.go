@@ -8,9 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -23,6 +21,7 @@ import (
 	"postern.dev/postern/internal/ca"
 	"postern.dev/postern/internal/server"
 	"postern.dev/postern/internal/testca"
+	"postern.dev/postern/internal/testserver"
 	"postern.dev/postern/internal/token"
 )
 
@@ -48,50 +47,7 @@ spec:
 // resources plus extra files, as internal/server's tests do.
 func startServer(t *testing.T, extra map[string]string) *server.Server {
 	t.Helper()
-	dir := t.TempDir()
-	res := filepath.Join(dir, "resources")
-	if err := os.MkdirAll(res, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	src := "../../examples/quickstart/resources"
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		extra[e.Name()] = string(b)
-	}
-	for name, body := range extra {
-		if err := os.WriteFile(filepath.Join(res, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg, err := server.LoadConfig("../../examples/quickstart/server.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.Resources = res
-	logger := slog.New(slog.DiscardHandler)
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, logger, logger)
-	if err != nil {
-		cancel()
-		t.Fatalf("server: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
+	srv, _ := testserver.Quickstart(t, extra)
 	return srv
 }
 

@@ -27,6 +27,7 @@ import (
 	"postern.dev/postern/internal/proxy"
 	"postern.dev/postern/internal/server"
 	"postern.dev/postern/internal/testca"
+	"postern.dev/postern/internal/testserver"
 	"postern.dev/postern/internal/token"
 )
 
@@ -38,26 +39,11 @@ const examples = "../../examples/quickstart"
 // exchange its users' tokens for order-processing.
 func startServer(t *testing.T, p *idp) (*server.Server, string) {
 	t.Helper()
-	dir := t.TempDir()
-	res := filepath.Join(dir, "resources")
-	if err := os.MkdirAll(res, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(examples + "/resources")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(examples, "resources", e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(res, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.trustedIssuer(t, res, true)
-	policy := fmt.Sprintf(`apiVersion: postern.dev/v1
+	// The IdP's TrustedIssuer is written where the test can read it back,
+	// then handed to the server with the ExchangePolicy.
+	own := t.TempDir()
+	p.trustedIssuer(t, own, true)
+	extra := map[string]string{"test-exchange.yaml": fmt.Sprintf(`apiVersion: postern.dev/v1
 kind: ExchangePolicy
 metadata: {name: gateway-test-idp-to-order-processing}
 spec:
@@ -67,32 +53,19 @@ spec:
   scopes: [orders:read, orders:write]
   claims: [email]
   maxLifetime: 5m
-`, gatewayID, p.issuer(), ordersID)
-	if err := os.WriteFile(filepath.Join(res, "test-exchange.yaml"), []byte(policy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := server.LoadConfig(examples + "/server.yaml")
+`, gatewayID, p.issuer(), ordersID)}
+	entries, err := os.ReadDir(own)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.Resources = res
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, testLogger(), nil)
-	if err != nil {
-		cancel()
-		t.Fatalf("server: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server run: %v", err)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(own, e.Name()))
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	return srv, res
+		extra[e.Name()] = string(b)
+	}
+	return testserver.Quickstart(t, extra)
 }
 
 // writeSVID issues an SVID for id and writes it with the server's bundle

@@ -12,6 +12,7 @@ import (
 
 	"postern.dev/postern/internal/attest"
 	"postern.dev/postern/internal/server"
+	"postern.dev/postern/internal/testserver"
 )
 
 // TestAttestedSource attests a sidecar directly to a real server with a
@@ -70,22 +71,6 @@ func TestAttestedSource(t *testing.T) {
 
 func startAttestServer(t *testing.T) *server.Server {
 	t.Helper()
-	dir := t.TempDir()
-	cfg, err := server.LoadConfig("../../examples/quickstart/server.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.Resources = "../../examples/quickstart/resources"
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	srv, _ := testserver.Quickstart(t, nil)
 	return srv
 }

@@ -32,6 +32,7 @@ import (
 	"postern.dev/postern/internal/ca"
 	"postern.dev/postern/internal/server"
 	"postern.dev/postern/internal/testca"
+	"postern.dev/postern/internal/testserver"
 	"postern.dev/postern/internal/token"
 )
 
@@ -56,45 +57,7 @@ func testLogger() *slog.Logger {
 // quickstart's resources.
 func startServer(t *testing.T) *server.Server {
 	t.Helper()
-	dir := t.TempDir()
-	res := filepath.Join(dir, "resources")
-	if err := os.MkdirAll(res, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(examples + "/resources")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(examples, "resources", e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(res, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg, err := server.LoadConfig(examples + "/server.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.Resources = res
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, testLogger(), nil)
-	if err != nil {
-		cancel()
-		t.Fatalf("server: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server run: %v", err)
-		}
-	})
+	srv, _ := testserver.Quickstart(t, nil)
 	return srv
 }
 
