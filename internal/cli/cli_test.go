@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -242,5 +243,22 @@ func TestTokenRevoke(t *testing.T) {
 	}
 	if code, _, errs := run(t, "", "token", "revoke", "--config", cfgPath, "garbage"); code != 1 || !strings.Contains(errs, "malformed") {
 		t.Errorf("garbage: %d %s", code, errs)
+	}
+}
+
+// TestTuneGC: long-running components collect at gcPercent unless the
+// operator set GOGC.
+func TestTuneGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	t.Setenv("GOGC", "")
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Errorf("GC percent %d, want %d", got, gcPercent)
+	}
+	t.Setenv("GOGC", "150")
+	debug.SetGCPercent(150)
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != 150 {
+		t.Errorf("GC percent %d with GOGC=150 set, want it left alone", got)
 	}
 }
