@@ -13,19 +13,31 @@ func FuzzParseForm(f *testing.F) {
 	for _, s := range []string{
 		"grant_type=client_credentials&audience=inventory-api",
 		"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=eyJhbGciOiJFUzI1NiJ9.e30.sig&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt",
-		"a=1&a=2", "%zz", "=x", "a&b&c", "",
+		"a=1&a=2", "%zz", "=x", "a&b&c", "", "a=&a=1", "a=1;b=2", "a+b=c+d%20e", "&&a=1&&",
+		strings.Repeat("p=1&", 40), "a=%", "%41=1&A=2",
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		fm, err := parseForm(body)
+		// The reference: url.ParseQuery, then no repeats and at most
+		// maxParams names.
+		vals, qerr := url.ParseQuery(string(body))
+		wantOK := qerr == nil && len(vals) <= maxParams
+		for _, v := range vals {
+			wantOK = wantOK && len(v) == 1
+		}
+		if (err == nil) != wantOK {
+			t.Fatalf("parseForm error %v, url.ParseQuery error %v with %d names", err, qerr, len(vals))
+		}
 		if err != nil {
 			return
 		}
-		if len(fm) > maxParams {
-			t.Fatalf("%d parameters accepted", len(fm))
+		for k, v := range vals {
+			if fm[k] != v[0] {
+				t.Fatalf("parameter %q = %q, url.ParseQuery says %q", k, fm[k], v[0])
+			}
 		}
-		vals, _ := url.ParseQuery(string(body))
 		for k, v := range fm {
 			if v == "" || len(vals[k]) != 1 {
 				t.Fatalf("parameter %q accepted with %d values", k, len(vals[k]))

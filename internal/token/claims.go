@@ -185,6 +185,16 @@ func unix(t time.Time) int64 {
 // encoded as a string, several as an array. Extra claims never override the
 // modelled ones.
 func (c *Claims) MarshalJSON() ([]byte, error) {
+	b, err := appendClaims(make([]byte, 0, 512), c)
+	if err != nil {
+		return nil, fmt.Errorf("token: encode claims: %w", err)
+	}
+	return b, nil
+}
+
+// marshalGeneric is the encoding/json form of MarshalJSON, kept as the
+// reference the fast encoder is tested against.
+func (c *Claims) marshalGeneric() ([]byte, error) {
 	w := wireClaims{
 		Issuer: c.Issuer, Subject: c.Subject,
 		Expiry: unix(c.Expiry), NotBefore: unix(c.NotBefore), IssuedAt: unix(c.IssuedAt),
@@ -235,6 +245,16 @@ func (c *Claims) UnmarshalJSON(b []byte) error {
 	if err := checkDepth(b, maxJSONDepth); err != nil {
 		return err
 	}
+	var fast Claims
+	if decodeClaimsFast(b, &fast) {
+		*c = fast
+		return nil
+	}
+	return c.unmarshalGeneric(b)
+}
+
+// unmarshalGeneric is UnmarshalJSON for every input, through encoding/json.
+func (c *Claims) unmarshalGeneric(b []byte) error {
 	// One pass into generic values, then strict conversion of the
 	// registered claims: decoding each claim again would parse the payload
 	// twice on the hot path of every exchange.
@@ -406,8 +426,10 @@ func checkDepth(b []byte, max int) error {
 
 // decodeClaims decodes a verified payload.
 func decodeClaims(payload []byte) (*Claims, error) {
+	// UnmarshalJSON directly: through json.Unmarshal the payload would be
+	// scanned once for validity and then decoded again inside it.
 	var c Claims
-	if err := json.Unmarshal(bytes.TrimSpace(payload), &c); err != nil {
+	if err := c.UnmarshalJSON(bytes.TrimSpace(payload)); err != nil {
 		return nil, err
 	}
 	return &c, nil

@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 
 	"github.com/go-jose/go-jose/v4"
@@ -46,7 +45,9 @@ func (s *Signer) Algorithm() jose.SignatureAlgorithm { return s.alg }
 
 // Sign returns the compact serialization of c signed by s.
 func (s *Signer) Sign(c *Claims) (string, error) {
-	payload, err := json.Marshal(c)
+	// MarshalJSON directly: through json.Marshal the encoder would
+	// validate and compact the bytes it returns, a second pass over them.
+	payload, err := c.MarshalJSON()
 	if err != nil {
 		return "", fmt.Errorf("token: encode claims: %w", err)
 	}
