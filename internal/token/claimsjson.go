@@ -2,6 +2,7 @@ package token
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -134,6 +135,15 @@ func (d *claimsDecoder) number() (float64, bool) {
 	}
 	d.i = i
 	return f, true
+}
+
+// literal consumes lit when the input continues with it.
+func (d *claimsDecoder) literal(lit string) bool {
+	if len(d.b)-d.i < len(lit) || string(d.b[d.i:d.i+len(lit)]) != lit {
+		return false
+	}
+	d.i += len(lit)
+	return true
 }
 
 // skip moves past one value of any kind and returns its bytes. It only
@@ -361,13 +371,37 @@ func (d *claimsDecoder) extra(c *Claims, name string) bool {
 	if _, dup := c.Extra[name]; dup {
 		return false
 	}
-	raw, ok := d.skip()
-	if !ok {
-		return false
-	}
 	var v any
-	if err := json.Unmarshal(raw, &v); err != nil || v == nil {
-		return false
+	switch d.peek() {
+	case '"':
+		s, ok := d.str()
+		if !ok {
+			return false
+		}
+		v = s
+	case 't', 'f':
+		switch {
+		case d.literal("true"):
+			v = true
+		case d.literal("false"):
+			v = false
+		default:
+			return false
+		}
+	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+		f, ok := d.number()
+		if !ok {
+			return false
+		}
+		v = f
+	default:
+		raw, ok := d.skip()
+		if !ok {
+			return false
+		}
+		if err := json.Unmarshal(raw, &v); err != nil || v == nil {
+			return false
+		}
 	}
 	if c.Extra == nil {
 		c.Extra = make(map[string]any, 4)
@@ -456,20 +490,34 @@ func appendClaims(dst []byte, c *Claims) ([]byte, error) {
 	if n == 0 {
 		return append(dst, '}'), nil
 	}
-	extra := make(map[string]any, n)
-	for k, v := range c.Extra {
+	names := make([]string, 0, n)
+	for k := range c.Extra {
 		if !knownClaims[k] {
-			extra[k] = v
+			names = append(names, k)
 		}
 	}
-	eb, err := json.Marshal(extra)
-	if err != nil {
-		return nil, err
+	slices.Sort(names) // encoding/json's order for map keys
+	for _, k := range names {
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = appendJSONString(dst, k)
+		dst = append(dst, ':')
+		switch v := c.Extra[k].(type) {
+		case string:
+			dst = appendJSONString(dst, v)
+		case bool:
+			dst = strconv.AppendBool(dst, v)
+		default:
+			b, err := json.Marshal(v)
+			if err != nil {
+				return nil, err
+			}
+			dst = append(dst, b...)
+		}
 	}
-	if !first {
-		dst = append(dst, ',')
-	}
-	return append(dst, eb[1:]...), nil // eb is a non-empty object
+	return append(dst, '}'), nil
 }
 
 // appendActor writes an actor chain as encoding/json did for Actor.

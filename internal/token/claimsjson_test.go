@@ -26,7 +26,7 @@ func claimSetSeeds(t testing.TB) [][]byte {
 		`{"iss":"a","iss":"b","ISS":"c"}`, `{"x":1,"x":2}`, `{"x":"\ud800"}`, `{"a":"[{\"]"}`,
 		`{"iss":"caf\u00e9"}`, "{\"iss\":\"caf\xc3\xa9\"}", "{\"iss\":\"\xff\"}", "{\"iss\":\"a\tb\"}",
 		`{"x":null}`, `{"iss":null}`, `{"x":[1,{"y":"}"}],"z":true}`, `{"x":}`, `{"x":1 2}`, `{"x":[}]}`,
-		`{"iss":"a"} x`, `{"iss":"a",}`, `{,}`, `{"\u0069ss":"a"}`,
+		`{"iss":"a"} x`, `{"iss":"a",}`, `{,}`, `{"\u0069ss":"a"}`, `{"x":truex}`, `{"x":tru}`, `{"x":-}`, `{"x":false,"y":-1.5e3,"z":"s"}`,
 	} {
 		out = append(out, []byte(s))
 	}
