@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"postern.dev/postern/bench/internal/loadgen"
+	"postern.dev/postern/internal/proxy"
 )
 
 // options are the command-line flags.
@@ -83,8 +84,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.quickstart, "quickstart", "examples/quickstart", "directory of the quickstart example (server.yaml, resources/, sidecars/, idp/idp-key.pem)")
 	fs.StringVar(&o.audit, "audit", "file", "where the sidecars write their audit lines: file (a file in the temp dir, as in production) or discard")
 	fs.StringVar(&o.nginx, "nginx", "nginx", "the nginx executable, looked up on PATH; off skips the nginx comparison")
-	fs.IntVar(&o.nginxWorkers, "nginx-workers", 0, "worker_processes of each nginx (0: auto, one per CPU, like the sidecars' GOMAXPROCS)")
-	fs.IntVar(&o.sidecarProcs, "sidecar-procs", 0, "GOMAXPROCS of each sidecar process (0: inherit)")
+	fs.IntVar(&o.nginxWorkers, "nginx-workers", 0, "worker_processes of each nginx (0: auto, one per CPU)")
+	fs.IntVar(&o.sidecarProcs, "sidecar-procs", proxy.DefaultMaxProcs, "GOMAXPROCS of each sidecar process, as maxProcs in its configuration (default: the sidecar's default; 0: inherit this program's)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write both sidecars' CPU profiles during the Postern open-loop phase into this directory (sidecar-a.pprof, sidecar-b.pprof)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as one JSON object instead of text")
 	if err := fs.Parse(args); err != nil {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
@@ -122,6 +123,15 @@ func tuneGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
+}
+
+// setMaxProcs sets GOMAXPROCS to n unless the operator set the GOMAXPROCS
+// environment variable, and returns the value in force.
+func setMaxProcs(n int) int {
+	if os.Getenv("GOMAXPROCS") == "" && n > 0 {
+		runtime.GOMAXPROCS(n)
+	}
+	return runtime.GOMAXPROCS(0)
 }
 
 // logFlags are the --log-level and --log-format flags of long-running

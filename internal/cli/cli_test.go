@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -260,5 +261,20 @@ func TestTuneGC(t *testing.T) {
 	tuneGC()
 	if got := debug.SetGCPercent(100); got != 150 {
 		t.Errorf("GC percent %d with GOGC=150 set, want it left alone", got)
+	}
+}
+
+// TestSetMaxProcs: the sidecar's maxProcs applies unless the operator set
+// GOMAXPROCS.
+func TestSetMaxProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	t.Setenv("GOMAXPROCS", "")
+	if got := setMaxProcs(1); got != 1 {
+		t.Errorf("setMaxProcs(1) = %d", got)
+	}
+	runtime.GOMAXPROCS(2)
+	t.Setenv("GOMAXPROCS", "2")
+	if got := setMaxProcs(1); got != 2 {
+		t.Errorf("setMaxProcs(1) with GOMAXPROCS=2 set = %d, want it left alone", got)
 	}
 }

@@ -53,6 +53,8 @@ keys are held) and Prometheus /metrics. SIGTERM drains requests in flight.`,
 			if err != nil {
 				return err
 			}
+			procs := setMaxProcs(cfg.MaxProcs)
+			logger.Debug("runtime", slog.Int("gomaxprocs", procs))
 			sc, err := proxy.NewSidecar(e.ctx, cfg, proxy.SidecarOptions{
 				Logger: logger,
 				Audit:  logger.With(slog.String("log", "audit")),

@@ -35,6 +35,9 @@ func TestExampleConfigs(t *testing.T) {
 			if time.Duration(cfg.DrainTimeout) != 15*time.Second {
 				t.Errorf("drainTimeout %v", cfg.DrainTimeout)
 			}
+			if cfg.MaxProcs != DefaultMaxProcs {
+				t.Errorf("maxProcs %d, want the default %d", cfg.MaxProcs, DefaultMaxProcs)
+			}
 			if _, err := policy.LoadDir(cfg.Policies); err != nil {
 				t.Errorf("example policies: %v", err)
 			}
@@ -73,6 +76,8 @@ inbound: {app: "127.0.0.1:8080"}
 		{name: "app without port", yaml: strings.Replace(base, "127.0.0.1:8080", "127.0.0.1:0", 1), want: `inbound.app: "127.0.0.1:0" has no port`},
 		{name: "spiffeID of another trust domain", yaml: base + "spiffeID: spiffe://other.org/x\n", want: `spiffeID: "spiffe://other.org/x" is not in trust domain "example.org"`},
 		{name: "skew too large", yaml: base + "clockSkew: 1h\n", want: "clockSkew: at most 5m"},
+		{name: "negative maxProcs", yaml: base + "maxProcs: -1\n", want: "maxProcs: -1 is not between 1 and 1024"},
+		{name: "maxProcs as text", yaml: base + "maxProcs: many\n", want: "maxProcs"},
 		{name: "outbound off the host", yaml: base + "outbound: {listen: \"0.0.0.0:15001\"}\n", want: "outbound.listen:"},
 	}
 	for _, tc := range tests {
