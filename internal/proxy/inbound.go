@@ -116,16 +116,26 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	}
 	h := &Inbound{cfg: cfg, logger: cfg.Logger}
 	if cfg.Transport == nil {
+		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 		t := &http.Transport{
 			Proxy:               nil,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:         dialer.DialContext,
 			MaxIdleConns:        1024,
 			MaxIdleConnsPerHost: 1024,
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true,
 		}
-		cfg.Transport = t
-		h.closers = append(h.closers, t.CloseIdleConnections)
+		// Requests without a body go to the application on the
+		// handler's goroutine; the rest through t.
+		st := &syncTransport{
+			dial:        func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", cfg.App) },
+			fallback:    t,
+			maxIdle:     1024,
+			idleTimeout: 90 * time.Second,
+			now:         time.Now,
+		}
+		cfg.Transport = st
+		h.closers = append(h.closers, st.close)
 	}
 	if cfg.H2CTransport == nil {
 		t := &http.Transport{

@@ -238,7 +238,7 @@ func (o *Outbound) serve(w *statusWriter, r *http.Request) *upstream {
 		o.fail(w, r, nil, http.StatusBadGateway, errUnknownUpstream, "no upstream is configured for this host", "", nil)
 		return nil
 	}
-	var tr *http.Transport
+	var tr http.RoundTripper
 	var tok *exchange.Token
 	// Twice at most: a certificate rotation between the exchange and the
 	// choice of pool makes the token unusable; the second exchange is
@@ -373,7 +373,7 @@ func (o *Outbound) currentSVID() (*x509svid.SVID, string, error) {
 // pool returns up's transport presenting the certificate tok is bound to.
 // A token bound to another certificate than the current one (a rotation
 // between the exchange and now) cannot be presented; the caller retries.
-func (o *Outbound) pool(up *upstream, tok *exchange.Token, r *http.Request) (*http.Transport, error) {
+func (o *Outbound) pool(up *upstream, tok *exchange.Token, r *http.Request) (http.RoundTripper, error) {
 	svid, tp, err := o.currentSVID()
 	if err != nil {
 		return nil, err
@@ -460,7 +460,7 @@ type outboundKey struct{}
 
 type outboundCall struct {
 	token     string
-	transport *http.Transport
+	transport http.RoundTripper
 }
 
 // upstream is one configured upstream with its pools: one transport per
@@ -481,7 +481,7 @@ type upstream struct {
 type pinnedTransport struct {
 	thumbprint string
 	t          *http.Transport // HTTP/2
-	t1         *http.Transport // HTTP/1.1 keep-alive
+	t1         *syncTransport  // HTTP/1.1 keep-alive
 }
 
 // RoundTrip sends the request on the transport chosen by ServeHTTP.
@@ -528,7 +528,7 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 }
 
 // transport returns the pool presenting svid (whose thumbprint is tp).
-func (u *upstream) transport(svid *x509svid.SVID, tp string, h2 bool) *http.Transport {
+func (u *upstream) transport(svid *x509svid.SVID, tp string, h2 bool) http.RoundTripper {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var p *pinnedTransport
@@ -542,7 +542,7 @@ func (u *upstream) transport(svid *x509svid.SVID, tp string, h2 bool) *http.Tran
 			u.prev.t.CloseIdleConnections()
 			u.prev.t1.CloseIdleConnections()
 		}
-		p = &pinnedTransport{thumbprint: tp, t: u.newTransport(svid, true), t1: u.newTransport(svid, false)}
+		p = &pinnedTransport{thumbprint: tp, t: u.newTransport(svid, true), t1: u.newSyncTransport(svid)}
 		u.prev, u.cur = u.cur, p
 	}
 	if h2 {
@@ -562,10 +562,10 @@ func (u *upstream) closeIdle() {
 	}
 }
 
-// newTransport builds a keep-alive pool to u presenting svid and accepting
-// only u's SPIFFE ID, verified against the current bundle on every
-// handshake, resumed ones included.
-func (u *upstream) newTransport(svid *x509svid.SVID, h2 bool) *http.Transport {
+// tlsConfig is the client configuration of a pool presenting svid and
+// accepting only u's SPIFFE ID, verified against the current bundle on
+// every handshake, resumed ones included. alpn is the one protocol offered.
+func (u *upstream) tlsConfig(svid *x509svid.SVID, alpn string) *tls.Config {
 	cfg := tlsconfig.MTLSClientConfig(fixedSVID{svid}, u.o.bundle, tlsconfig.AuthorizeID(u.id))
 	verify := cfg.VerifyPeerCertificate
 	// VerifyPeerCertificate is skipped on resumed sessions;
@@ -580,32 +580,43 @@ func (u *upstream) newTransport(svid *x509svid.SVID, h2 bool) *http.Transport {
 	}
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
 	cfg.MinVersion = tls.VersionTLS12
+	cfg.NextProtos = []string{alpn}
+	return cfg
+}
+
+// dialTCP connects to one of u's addresses, trying them in turn from a
+// rotating start.
+func (u *upstream) dialTCP(ctx context.Context, dialer *net.Dialer) (net.Conn, error) {
+	start := int(u.next.Add(1))
+	var errs []error
+	for i := range u.Addresses {
+		addr := u.Addresses[(start+i)%len(u.Addresses)]
+		c, err := dialer.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+// newTransport builds a keep-alive pool to u presenting svid (see
+// tlsConfig): HTTP/2 when h2, else HTTP/1.1.
+func (u *upstream) newTransport(svid *x509svid.SVID, h2 bool) *http.Transport {
+	alpn := "http/1.1"
 	if h2 {
-		cfg.NextProtos = []string{"h2"}
-	} else {
-		cfg.NextProtos = []string{"http/1.1"}
+		alpn = "h2"
 	}
 	dialTimeout := time.Duration(u.o.cfg.DialTimeout)
 	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			// Try the addresses in turn, starting at a rotating index.
-			start := int(u.next.Add(1))
-			var errs []error
-			for i := range u.Addresses {
-				addr := u.Addresses[(start+i)%len(u.Addresses)]
-				c, err := dialer.DialContext(ctx, network, addr)
-				if err == nil {
-					return c, nil
-				}
-				errs = append(errs, err)
-				if ctx.Err() != nil {
-					break
-				}
-			}
-			return nil, errors.Join(errs...)
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return u.dialTCP(ctx, dialer)
 		},
-		TLSClientConfig:       cfg,
+		TLSClientConfig:       u.tlsConfig(svid, alpn),
 		TLSHandshakeTimeout:   dialTimeout,
 		ForceAttemptHTTP2:     h2,
 		MaxIdleConnsPerHost:   u.o.cfg.MaxIdlePerUpstream,
@@ -613,6 +624,40 @@ func (u *upstream) newTransport(svid *x509svid.SVID, h2 bool) *http.Transport {
 		ResponseHeaderTimeout: time.Duration(u.o.cfg.ResponseHeaderTimeout),
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true, // pass bodies through as they are
+	}
+}
+
+// newSyncTransport builds the HTTP/1.1 pool to u presenting svid: requests
+// without a body on the caller's goroutine (syncTransport), the rest
+// through an http.Transport.
+func (u *upstream) newSyncTransport(svid *x509svid.SVID) *syncTransport {
+	dialTimeout := time.Duration(u.o.cfg.DialTimeout)
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	cfg := u.tlsConfig(svid, "http/1.1")
+	return &syncTransport{
+		dial: func(ctx context.Context) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			defer cancel()
+			c, err := u.dialTCP(ctx, dialer)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(c, cfg)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = c.Close()
+				return nil, err
+			}
+			if p := tc.ConnectionState().NegotiatedProtocol; p != "" && p != "http/1.1" {
+				_ = c.Close()
+				return nil, fmt.Errorf("proxy: upstream %s negotiated %q, not http/1.1", u.Name, p)
+			}
+			return tc, nil
+		},
+		fallback:      u.newTransport(svid, false),
+		maxIdle:       u.o.cfg.MaxIdlePerUpstream,
+		idleTimeout:   time.Duration(u.o.cfg.IdleTimeout),
+		headerTimeout: time.Duration(u.o.cfg.ResponseHeaderTimeout),
+		now:           time.Now,
 	}
 }
 
