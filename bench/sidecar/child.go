@@ -204,7 +204,7 @@ func runSidecar(ctx context.Context, spec childSpec) error {
 	}
 	cfg.SPIFFE.Files = &proxy.FilesSource{Cert: spec.SVID.Cert, Key: spec.SVID.Key, Bundle: spec.SVID.Bundle}
 	cfg.STS.Issuer = spec.Issuer
-	cfg.STS.TokenEndpoint = ""
+	cfg.STS.TokenEndpoint, cfg.STS.RevocationsURI = "", ""
 	cfg.STS.JWKSURI = ""
 	cfg.Inbound.Listen = "127.0.0.1:0"
 	cfg.Inbound.App = spec.App

@@ -405,7 +405,7 @@ func (d *Demo) sidecarConfig(name string, upstreams map[string]string) (*proxy.C
 	w := d.ids[name]
 	cfg.SPIFFE = proxy.IdentitySource{Files: &proxy.FilesSource{Cert: w.certFile(), Key: w.keyFile(), Bundle: w.bundleFile()}}
 	cfg.STS.Issuer = d.srv.Issuer()
-	cfg.STS.TokenEndpoint, cfg.STS.JWKSURI = "", ""
+	cfg.STS.TokenEndpoint, cfg.STS.JWKSURI, cfg.STS.RevocationsURI = "", "", ""
 	cfg.Policies = filepath.Join(d.dir, "policies")
 	cfg.Inbound.Listen = "127.0.0.1:0"
 	cfg.Inbound.App = d.appAddr[name]

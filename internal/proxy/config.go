@@ -109,6 +109,12 @@ type STSConfig struct {
 	// SPIFFEID is the STS's own SPIFFE ID, checked on its certificate;
 	// default spiffe://<trust domain>/postern/server.
 	SPIFFEID string `json:"spiffeID,omitempty"`
+	// RevocationsURI is the STS's revocation list; default
+	// <issuer>/oauth2/revocations.
+	RevocationsURI string `json:"revocationsURI,omitempty"`
+	// RevocationPollInterval is how often the revocation list is fetched;
+	// default 5s, at least 100ms.
+	RevocationPollInterval policy.Duration `json:"revocationPollInterval,omitempty"`
 }
 
 // InboundListener configures the inbound side.
@@ -234,7 +240,7 @@ func (c *Config) Validate() error {
 	if u, err := url.Parse(c.STS.Issuer); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		bad("sts.issuer: want an https URL, got %q", c.STS.Issuer)
 	}
-	for _, f := range []struct{ name, v string }{{"sts.jwksURI", c.STS.JWKSURI}, {"sts.tokenEndpoint", c.STS.TokenEndpoint}} {
+	for _, f := range []struct{ name, v string }{{"sts.jwksURI", c.STS.JWKSURI}, {"sts.tokenEndpoint", c.STS.TokenEndpoint}, {"sts.revocationsURI", c.STS.RevocationsURI}} {
 		name, v := f.name, f.v
 		if v == "" {
 			continue
@@ -296,6 +302,15 @@ func (c *Config) Validate() error {
 	}
 	if c.STS.TokenEndpoint == "" && c.STS.Issuer != "" {
 		c.STS.TokenEndpoint = strings.TrimSuffix(c.STS.Issuer, "/") + "/oauth2/token"
+	}
+	if c.STS.RevocationsURI == "" && c.STS.Issuer != "" {
+		c.STS.RevocationsURI = strings.TrimSuffix(c.STS.Issuer, "/") + "/oauth2/revocations"
+	}
+	switch p := time.Duration(c.STS.RevocationPollInterval); {
+	case p == 0:
+		c.STS.RevocationPollInterval = policy.Duration(DefaultRevocationPoll)
+	case p < 100*time.Millisecond:
+		bad("sts.revocationPollInterval: at least 100ms")
 	}
 	return errors.Join(errs...)
 }

@@ -49,6 +49,9 @@ type InboundConfig struct {
 	// ForwardToken forwards the verified bearer token to the application
 	// in Authorization; by default it is removed.
 	ForwardToken bool
+	// Revoked, when set, refuses tokens the token service has revoked
+	// (a RevocationList), checked on every request.
+	Revoked func(*token.Claims) bool
 	// Contexts, when set, receives the verified token and yields the opaque
 	// X-Postern-Context id handed to the application.
 	Contexts *ContextStore
@@ -268,6 +271,10 @@ func (h *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			h.tokenFault(w, r, start, "invalid_token", err.Error(), peer)
+			return
+		}
+		if h.cfg.Revoked != nil && h.cfg.Revoked(v.Claims) {
+			h.tokenFault(w, r, start, "invalid_token", "the token has been revoked", peer)
 			return
 		}
 		req.HasToken = true

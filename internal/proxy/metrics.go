@@ -108,3 +108,31 @@ func registerSidecarGauges(reg prometheus.Registerer, svid x509svid.Source, now 
 	}
 	return nil
 }
+
+// registerRevocationMetrics exports the state of the revocation list.
+func registerRevocationMetrics(reg prometheus.Registerer, l *RevocationList) error {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "postern", Subsystem: "sidecar", Name: "revocations",
+			Help: "Revoked token ids and sessions held from the token service's revocation list.",
+		}, func() float64 { return float64(l.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "postern", Subsystem: "sidecar", Name: "revocation_list_age_seconds",
+			Help: "Seconds since the revocation list was last fetched (-1 before the first fetch).",
+		}, func() float64 {
+			if a := l.Age(); a >= 0 {
+				return a.Seconds()
+			}
+			return -1
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "postern", Subsystem: "sidecar", Name: "revocation_list_failures_total",
+			Help: "Failed fetches of the revocation list (the last good list stays in force).",
+		}, func() float64 { return float64(l.Failures()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -59,6 +59,7 @@ type Sidecar struct {
 
 	keys     *token.RemoteKeySet
 	verdicts *VerdictCache
+	revoked  *RevocationList
 	watcher  *policy.Watcher
 	contexts *ContextStore
 	inbound  *Inbound
@@ -193,6 +194,23 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 	}
 	s.contexts = NewContextStore(0, opts.Now)
 
+	// The revocation list is fetched with the workload's own SVID.
+	revTransport := &http.Transport{
+		TLSClientConfig:   tlsconfig.MTLSClientConfig(s.identity, s.identity, tlsconfig.AuthorizeID(stsID)),
+		ForceAttemptHTTP2: true,
+		IdleConnTimeout:   90 * time.Second,
+	}
+	s.closers = append(s.closers, func() { revTransport.CloseIdleConnections() })
+	if s.revoked, err = NewRevocationList(RevocationListConfig{
+		URL:      cfg.STS.RevocationsURI,
+		Client:   &http.Client{Timeout: 10 * time.Second, Transport: revTransport},
+		Interval: time.Duration(cfg.STS.RevocationPollInterval),
+		Logger:   opts.Logger,
+		Now:      opts.Now,
+	}); err != nil {
+		return nil, err
+	}
+
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := NewInboundMetrics(s.registry)
@@ -202,12 +220,16 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 	if err := registerSidecarGauges(s.registry, s.identity, opts.Now, s.keys.Ready, s.verdicts.Len, s.contexts.Len); err != nil {
 		return nil, err
 	}
+	if err := registerRevocationMetrics(s.registry, s.revoked); err != nil {
+		return nil, err
+	}
 	s.inbound, err = NewInbound(InboundConfig{
 		Workload:     svid.ID.String(),
 		Verdicts:     s.verdicts,
 		Policy:       s.watcher.Engine,
 		App:          cfg.Inbound.App,
 		ForwardToken: cfg.Inbound.ForwardToken,
+		Revoked:      s.revoked.Revoked,
 		Contexts:     s.contexts,
 		Metrics:      metrics,
 		Logger:       opts.Audit,
@@ -278,6 +300,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	defer cancel()
 	go s.keys.Run(bg)
 	go s.watcher.Run(bg)
+	go s.revoked.Run(bg)
 	s.logger.Info("postern sidecar listening",
 		slog.String("spiffe_id", s.id.String()),
 		slog.String("inbound", s.inLn.Addr().String()),

@@ -105,7 +105,7 @@ type sidecarUnderTest struct {
 // startSidecar runs the quickstart example sidecar of name (its config file,
 // with listeners on 127.0.0.1:0, the test server as STS) in front of app,
 // its upstreams at the addresses given by name.
-func startSidecar(t *testing.T, srv *server.Server, name, app string, upstreams map[string]string) *sidecarUnderTest {
+func startSidecar(t *testing.T, srv *server.Server, name, app string, upstreams map[string]string, mutate ...func(*Config)) *sidecarUnderTest {
 	t.Helper()
 	cfg, err := LoadConfig(filepath.Join(examples, "sidecars", name+".yaml"))
 	if err != nil {
@@ -116,7 +116,7 @@ func startSidecar(t *testing.T, srv *server.Server, name, app string, upstreams 
 	writeSVID(t, srv, svid, dir)
 	cfg.SPIFFE.Files = &FilesSource{Cert: filepath.Join(dir, "svid.pem"), Key: filepath.Join(dir, "svid.key"), Bundle: filepath.Join(dir, "bundle.pem")}
 	cfg.STS.Issuer = srv.Issuer()
-	cfg.STS.TokenEndpoint = ""
+	cfg.STS.TokenEndpoint, cfg.STS.RevocationsURI = "", ""
 	cfg.Inbound.Listen = "127.0.0.1:0"
 	cfg.Inbound.App = app
 	cfg.Admin.Listen = "127.0.0.1:0"
@@ -128,6 +128,9 @@ func startSidecar(t *testing.T, srv *server.Server, name, app string, upstreams 
 		}
 	}
 	cfg.DrainTimeout = 0
+	for _, m := range mutate {
+		m(cfg)
+	}
 	sc, err := NewSidecar(context.Background(), cfg, SidecarOptions{Logger: testLogger()})
 	if err != nil {
 		t.Fatalf("sidecar %s: %v", name, err)

@@ -18,10 +18,16 @@ type revocations struct {
 	mu   sync.RWMutex
 	jtis map[string]time.Time
 	sids map[string]time.Time
+	// version changes whenever the set does; with epoch it is the
+	// revocation list's ETag.
+	version uint64
+	epoch   string
 }
 
 func newRevocations() *revocations {
-	return &revocations{jtis: map[string]time.Time{}, sids: map[string]time.Time{}}
+	// The epoch tells this process's versions from another's (a restart,
+	// another replica), so an ETag never matches across them.
+	return &revocations{jtis: map[string]time.Time{}, sids: map[string]time.Time{}, epoch: token.NewID()[:8]}
 }
 
 func (r *revocations) isRevoked(c *token.Claims) bool {
@@ -48,6 +54,7 @@ func (r *revocations) add(kind, id string, exp time.Time) {
 	}
 	if cur, ok := m[id]; !ok || exp.After(cur) {
 		m[id] = exp
+		r.version++
 	}
 }
 
@@ -74,7 +81,22 @@ func (r *revocations) replace(list []store.Revocation) {
 			sids[k] = v
 		}
 	}
+	if !sameKeys(r.jtis, jtis) || !sameKeys(r.sids, sids) {
+		r.version++
+	}
 	r.jtis, r.sids = jtis, sids
+}
+
+func sameKeys(a, b map[string]time.Time) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !w.Equal(v) {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *revocations) purge(now time.Time) {
@@ -83,13 +105,45 @@ func (r *revocations) purge(now time.Time) {
 	for k, v := range r.jtis {
 		if now.After(v) {
 			delete(r.jtis, k)
+			r.version++
 		}
 	}
 	for k, v := range r.sids {
 		if now.After(v) {
 			delete(r.sids, k)
+			r.version++
 		}
 	}
+}
+
+// RevocationList is the body of the revocation list endpoint.
+type RevocationList struct {
+	// Revoked lists the revoked token ids (kind "jti") and sessions
+	// (kind "sid"), each with the time after which no token it covers
+	// can still be valid.
+	Revoked []RevokedEntry `json:"revoked"`
+}
+
+// RevokedEntry is one revocation.
+type RevokedEntry struct {
+	Kind string `json:"kind"` // jti or sid
+	ID   string `json:"id"`
+	// Until is a NumericDate: the entry can be forgotten after it.
+	Until int64 `json:"until"`
+}
+
+// list returns the set and its version.
+func (r *revocations) list() (RevocationList, uint64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := RevocationList{Revoked: make([]RevokedEntry, 0, len(r.jtis)+len(r.sids))}
+	for k, v := range r.jtis {
+		out.Revoked = append(out.Revoked, RevokedEntry{Kind: "jti", ID: k, Until: v.Unix()})
+	}
+	for k, v := range r.sids {
+		out.Revoked = append(out.Revoked, RevokedEntry{Kind: "sid", ID: k, Until: v.Unix()})
+	}
+	return out, r.version
 }
 
 // LoadRevocations merges the store's revocations into memory (replicas
@@ -178,6 +232,33 @@ func (s *Service) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
+// handleRevocations serves the revocation list to workloads of the trust
+// domain (mutual TLS with an X.509-SVID): sidecars poll it so that a
+// revoked token, or every token of a revoked session, is refused at once
+// rather than when it expires. The ETag is the set's version; a matching
+// If-None-Match is answered 304.
+func (s *Service) handleRevocations(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, oauthErr(codeInvalidRequest, "the endpoint takes GET").withStatus(http.StatusMethodNotAllowed))
+		return
+	}
+	if _, _, ok := s.peerID(r); !ok {
+		writeError(w, oauthErr(codeInvalidClient, "the revocation list is for workloads of the trust domain: present an X.509-SVID").withStatus(http.StatusUnauthorized))
+		return
+	}
+	list, version := s.revoked.list()
+	etag := `"` + s.revoked.epoch + "-" + itoa(int64(version)) + `"`
+	h := w.Header()
+	h.Set("ETag", etag)
+	if r.Header.Get("If-None-Match") == etag {
+		h.Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
 // handleIntrospect is RFC 7662. The client must be authenticated; it learns
 // about tokens addressed to it or issued to it, and "active": false for any
 // other token.
@@ -230,6 +311,7 @@ func (s *Service) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		"jwks_uri":                              s.cfg.Issuer + PathJWKS,
 		"introspection_endpoint":                s.cfg.Issuer + PathIntrospect,
 		"revocation_endpoint":                   s.cfg.Issuer + PathRevoke,
+		"postern_revocation_list_endpoint":      s.cfg.Issuer + PathRevocations,
 		"grant_types_supported":                 []string{GrantTokenExchange, GrantClientCredentials, GrantJWTBearer},
 		"token_endpoint_auth_methods_supported": auth,
 		"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "ES384", "EdDSA", "RS256", "PS256"},

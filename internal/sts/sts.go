@@ -31,6 +31,10 @@ const (
 	PathIntrospect = "/oauth2/introspect"
 	PathRevoke     = "/oauth2/revoke"
 	PathJWKS       = "/oauth2/jwks"
+	// PathRevocations is Postern's revocation list: the revoked token ids
+	// and sessions, for sidecars to refuse revoked tokens before they
+	// expire.
+	PathRevocations = "/oauth2/revocations"
 )
 
 // KeySource is the signing-key state the service needs (package keys).
@@ -365,6 +369,7 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc(PathToken, s.handleToken)
 	mux.HandleFunc(PathIntrospect, s.handleIntrospect)
 	mux.HandleFunc(PathRevoke, s.handleRevoke)
+	mux.HandleFunc(PathRevocations, s.handleRevocations)
 	mux.HandleFunc(PathJWKS, s.handleJWKS)
 	mux.HandleFunc("/.well-known/oauth-authorization-server", s.handleDiscovery)
 	mux.HandleFunc("/.well-known/openid-configuration", s.handleDiscovery)

@@ -2,6 +2,7 @@ package sts
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -502,7 +503,7 @@ func formReq(body string) *http.Request {
 func TestIntrospectionAndRevocation(t *testing.T) {
 	h := newHarness(t)
 	user := h.userToken("alice", "orders:read orders:write")
-	t1, _ := h.exchange(gatewayID, user, ordersID, "")
+	t1, c1 := h.exchange(gatewayID, user, ordersID, "")
 	t2, c2 := h.exchange(ordersID, t1, "inventory-api", "")
 
 	r := h.post(PathIntrospect, url.Values{"token": {t2}}, h.asPeer(invID))
@@ -553,6 +554,38 @@ func TestIntrospectionAndRevocation(t *testing.T) {
 	}
 	if len(h.store.revs) != 2 || h.store.revs[0].Kind != "jti" || h.store.revs[1].Kind != "sid" {
 		t.Errorf("persisted revocations = %+v", h.store.revs)
+	}
+	// The revocation list shows both to any workload of the trust domain,
+	// with an ETag that changes with the set.
+	get := func(opts ...reqOpt) *response {
+		req := httptest.NewRequest(http.MethodGet, PathRevocations, nil)
+		for _, o := range opts {
+			o(req)
+		}
+		return h.serve(req)
+	}
+	if r := get(); r.status != 401 || r.str("error") != "invalid_client" {
+		t.Errorf("revocation list without an SVID: %d %s", r.status, r.raw)
+	}
+	lr := get(h.asPeer(shipID))
+	var list RevocationList
+	if err := json.Unmarshal([]byte(lr.raw), &list); lr.status != 200 || err != nil {
+		t.Fatalf("revocation list: %d %s", lr.status, lr.raw)
+	}
+	found := map[string]bool{}
+	for _, e := range list.Revoked {
+		found[e.Kind+":"+e.ID] = e.Until > h.now.Unix()
+	}
+	if !found["jti:"+c1.ID] || !found["sid:"+c2.SessionID] || len(list.Revoked) != 2 {
+		t.Errorf("revocation list %+v, want jti %s and sid %s with future until", list.Revoked, c1.ID, c2.SessionID)
+	}
+	etag := lr.header.Get("ETag")
+	if r := get(h.asPeer(shipID), func(r *http.Request) { r.Header.Set("If-None-Match", etag) }); r.status != 304 {
+		t.Errorf("If-None-Match with the current ETag: %d", r.status)
+	}
+	h.svc.revoked.add("jti", "another", h.now.Add(time.Hour))
+	if r := get(h.asPeer(shipID), func(r *http.Request) { r.Header.Set("If-None-Match", etag) }); r.status != 200 || r.header.Get("ETag") == etag {
+		t.Errorf("after a new revocation: %d, ETag %q (was %q)", r.status, r.header.Get("ETag"), etag)
 	}
 	// Revocations survive a restart: a new service loads them from the store.
 	h2 := newHarness(t)
