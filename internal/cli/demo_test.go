@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"postern.dev/postern/internal/demo"
 )
 
-// TestDemoCommand runs postern demo --json in process: five JSON lines,
+// TestDemoCommand runs postern demo --json in process: one JSON line per step,
 // every step as expected, exit status 0.
 func TestDemoCommand(t *testing.T) {
 	var stdout, stderr bytes.Buffer
@@ -21,8 +23,8 @@ func TestDemoCommand(t *testing.T) {
 		t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	if len(lines) != 5 {
-		t.Fatalf("%d lines, want 5:\n%s", len(lines), stdout.String())
+	if len(lines) != demo.Steps {
+		t.Fatalf("%d lines, want %d:\n%s", len(lines), demo.Steps, stdout.String())
 	}
 	for i, l := range lines {
 		var s struct {

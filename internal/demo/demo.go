@@ -406,6 +406,9 @@ func (d *Demo) sidecarConfig(name string, upstreams map[string]string) (*proxy.C
 	cfg.SPIFFE = proxy.IdentitySource{Files: &proxy.FilesSource{Cert: w.certFile(), Key: w.keyFile(), Bundle: w.bundleFile()}}
 	cfg.STS.Issuer = d.srv.Issuer()
 	cfg.STS.TokenEndpoint, cfg.STS.JWKSURI, cfg.STS.RevocationsURI = "", "", ""
+	// Step 6 waits for the sidecars to learn of a revocation; the default
+	// poll (5s) would make it the slowest step by far.
+	cfg.STS.RevocationPollInterval = policy.Duration(500 * time.Millisecond)
 	cfg.Policies = filepath.Join(d.dir, "policies")
 	cfg.Inbound.Listen = "127.0.0.1:0"
 	cfg.Inbound.App = d.appAddr[name]

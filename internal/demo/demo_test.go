@@ -75,12 +75,13 @@ func TestDemo(t *testing.T) {
 	}
 	text := out.String()
 	for _, want := range []string{
-		"[1/5] alice's request through the gateway reaches order-processing\n",
-		"[2/5] order-processing calls inventory",
-		"[3/5] order-processing tries to call finance for alice: the confused deputy is stopped\n",
-		"[4/5] a token captured at inventory is replayed",
-		"[5/5] a plaintext request and a forged token are refused\n",
-		"5 of 5 steps behaved as expected (1s).\n",
+		"[1/6] alice's request through the gateway reaches order-processing\n",
+		"[2/6] order-processing calls inventory",
+		"[3/6] order-processing tries to call finance for alice: the confused deputy is stopped\n",
+		"[4/6] a token captured at inventory is replayed",
+		"[5/6] a plaintext request and a forged token are refused\n",
+		"[6/6] alice's session is revoked: its tokens are refused within seconds, not at expiry\n",
+		"6 of 6 steps behaved as expected (1s).\n",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the narration lacks %q:\n%s", want, text)
@@ -149,6 +150,7 @@ func TestDemoJSON(t *testing.T) {
 		{"audience_status": 401.0, "audience_decision_id": hexID, "binding_status": 401.0, "binding_decision_id": hexID, "apps_reached": false,
 			"binding_reason": "token: certificate binding mismatch: token is bound to another certificate"},
 		{"forged_status": 401.0, "forged_reason": "token: invalid signature", "forged_decision_id": hexID},
+		{"before_status": 200.0, "after_status": 401.0, "after_reason": "the token has been revoked", "introspection_active": false},
 	}
 	for i, l := range lines {
 		if l.Step != i+1 || l.Of != Steps || !l.OK || l.Title == "" || l.Narration == "" || len(l.Problems) != 0 {

@@ -3,9 +3,10 @@
 // (postern server with an embedded store in a temporary directory), the edge
 // gateway and three example services (order-processing, inventory and
 // finance), each behind its own sidecar, configured from the quickstart
-// example's resources and policies. Story then plays five steps (a user's
+// example's resources and policies. Story then plays six steps (a user's
 // request through the gateway, a per-hop exchange, the confused deputy
-// stopped, a captured token replayed, plaintext and forged tokens refused),
+// stopped, a captured token replayed, plaintext and forged tokens refused,
+// the user's session revoked and refused at the next hop),
 // checking each outcome and collecting the evidence: decoded token claims,
 // decision ids and HTTP statuses.
 //

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -22,7 +23,11 @@ import (
 )
 
 // Steps is the number of steps of the story.
-const Steps = 5
+const Steps = 6
+
+// revocationWait bounds the wait for the sidecars to learn of a revocation
+// (they poll the token service's list; see sidecarConfig).
+const revocationWait = 10 * time.Second
 
 // auditWait bounds the wait for a component's audit line, written once its
 // response has left.
@@ -124,12 +129,12 @@ type story struct {
 	order *appReply // order-processing's answer to alice's order
 }
 
-// Story plays the five steps, handing each to report as it completes, and
+// Story plays the six steps, handing each to report as it completes, and
 // reports whether every step behaved as expected.
 func (d *Demo) Story(ctx context.Context, report func(Step)) bool {
 	st := &story{d: d}
 	ok := true
-	for i, f := range []func(context.Context, *step){st.order1, st.inventory2, st.finance3, st.replay4, st.forged5} {
+	for i, f := range []func(context.Context, *step){st.order1, st.inventory2, st.finance3, st.replay4, st.forged5, st.revoked6} {
 		s := &step{Step{Number: i + 1, Of: Steps}}
 		f(ctx, s)
 		s.OK = len(s.Problems) == 0
@@ -324,6 +329,97 @@ func (st *story) forged5(ctx context.Context, s *step) {
 		return
 	}
 	st.refused(ctx, s, "forged", "forged, at order-processing", Gateway, OrderProcessing, "/orders", forged, "token: invalid signature")
+}
+
+// revoked6: alice's session revoked, and refused at the next hop.
+func (st *story) revoked6(ctx context.Context, s *step) {
+	d := st.d
+	s.Title = "alice's session is revoked: its tokens are refused within seconds, not at expiry"
+	s.Narration = "The token inventory received is still valid for minutes, and order-processing, which holds it legitimately " +
+		"(it is bound to its certificate), is let through. Then inventory revokes the token's whole family at the token service (RFC 7009, revoke_family=true): " +
+		"every token exchanged from alice's sign-in shares its session id. Sidecars poll the token service's revocation list " +
+		"(every 5 seconds by default, every half second in this demo), so inventory's sidecar refuses the same token at its next poll, " +
+		"and introspection reports it inactive."
+	p := d.apps.captured.Load()
+	if p == nil {
+		s.expect(false, "no token was captured at inventory (step 2 failed)")
+		return
+	}
+	tok := *p
+	present := func() (int, problemBody, error) {
+		c := d.mtlsClient(OrderProcessing, Inventory)
+		defer c.CloseIdleConnections()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+d.sidecars[Inventory].InboundAddr().String()+"/items/42/reserve", strings.NewReader("{}"))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		status, body, err := do(c, req)
+		var pb problemBody
+		_ = json.Unmarshal(body, &pb)
+		return status, pb, err
+	}
+	status, _, err := present()
+	if err != nil {
+		s.expect(false, "inventory's sidecar did not answer: %v", err)
+		return
+	}
+	s.fact("before_status", "before revocation, by its holder", status)
+	s.expect(status == http.StatusOK, "before revocation the token's holder got %d, want 200", status)
+
+	form := url.Values{"token": {tok}, "revoke_family": {"true"}}
+	rstatus, rbody, err := st.server(ctx, Inventory, "/oauth2/revoke", form)
+	if err != nil || rstatus != http.StatusOK {
+		s.expect(false, "revocation at the token service: %d %s %v", rstatus, clip(rbody), err)
+		return
+	}
+	revokedAt := time.Now()
+	s.fact("revoked", "revoked at the token service", "the family of session "+sessionOf(tok))
+
+	var last problemBody
+	status = 0
+	for deadline := time.Now().Add(revocationWait); time.Now().Before(deadline) && ctx.Err() == nil; {
+		if status, last, err = present(); err != nil || status != http.StatusOK {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.fact("after_status", "after revocation, same holder", status)
+	s.fact("after_reason", "reason", last.Reason)
+	s.fact("after_in", "refused after", time.Since(revokedAt).Round(10*time.Millisecond).String())
+	s.expect(status == http.StatusUnauthorized && strings.Contains(last.Reason, "revoked"),
+		"after revocation: %d %q, want 401 revoked", status, last.Reason)
+
+	istatus, ibody, err := st.server(ctx, Inventory, "/oauth2/introspect", url.Values{"token": {tok}})
+	var intro struct {
+		Active *bool `json:"active"`
+	}
+	_ = json.Unmarshal(ibody, &intro)
+	s.expect(err == nil && istatus == http.StatusOK && intro.Active != nil, "introspection: %d %s %v", istatus, clip(ibody), err)
+	if intro.Active != nil {
+		s.fact("introspection_active", "introspection: active", *intro.Active)
+		s.expect(!*intro.Active, "introspection still reports the token active")
+	}
+}
+
+// server posts form to the token service at path as holder (mutual TLS).
+func (st *story) server(ctx context.Context, holder, path string, form url.Values) (int, []byte, error) {
+	d := st.d
+	svid := d.ids[holder].svid.Load()
+	cfg := tlsconfig.MTLSClientConfig(fixedSVID{svid}, d.srv.CA(), tlsconfig.AuthorizeMemberOf(d.ids[holder].id.TrustDomain()))
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, TLSClientConfig: cfg}}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.srv.Issuer()+path, strings.NewReader(form.Encode()))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return do(c, req)
+}
+
+// sessionOf returns the sid of tok, unverified, for display.
+func sessionOf(tok string) string {
+	if _, c, err := token.ParseUnverified(tok); err == nil && c.SessionID != "" {
+		return c.SessionID
+	}
+	return "(unknown)"
 }
 
 // forge signs, with a fresh key, the token an attacker would like to hold:
