@@ -222,7 +222,7 @@ func (r *report) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "pids       %s\n", strings.Join(pids, "; "))
 	fmt.Fprintf(w, "paths      direct: client -> app; nginx: client -> nginx A -> (mTLS, HTTP/1.1 keep-alive pool) -> nginx B -> app;\n")
-	fmt.Fprintf(w, "           postern: client -> sidecar A outbound -> (mTLS, HTTP/2, token exchanged once and cached) -> sidecar B inbound (token verified once, cached; policy) -> app\n")
+	fmt.Fprintf(w, "           postern: client -> sidecar A outbound -> (mTLS, HTTP/1.1 keep-alive pool, token exchanged once and cached) -> sidecar B inbound (token verified once, cached; policy) -> app\n")
 	fmt.Fprintf(w, "client     HTTP/1.1 keep-alive, %d connections per path; GET %s with the same Authorization: Bearer <hop-1 token> on every path; audit lines: %s\n",
 		r.Workers, requestPath, r.Audit)
 	if r.CPUProfile != "" {
