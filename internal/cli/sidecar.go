@@ -33,8 +33,8 @@ Outbound, the application sends plain HTTP to the outbound listener (as
 HTTP_PROXY, or with Host: <upstream>); the sidecar exchanges the user's token
 for one addressed to the upstream and calls it over mutual TLS.
 
-The admin listener serves /healthz, /readyz (an SVID and the token service's
-keys are held) and Prometheus /metrics. SIGTERM drains requests in flight.`,
+The admin listener serves /healthz, /readyz (an SVID, the token service's
+keys and its revocation list are held) and Prometheus /metrics. SIGTERM drains requests in flight.`,
 		Example: `  postern sidecar --config examples/quickstart/sidecars/order-processing.yaml`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -109,8 +109,8 @@ type STSConfig struct {
 	// SPIFFEID is the STS's own SPIFFE ID, checked on its certificate;
 	// default spiffe://<trust domain>/postern/server.
 	SPIFFEID string `json:"spiffeID,omitempty"`
-	// RevocationsURI is the STS's revocation list; default
-	// <issuer>/oauth2/revocations.
+	// RevocationsURI is the STS's revocation list; default (left empty
+	// here, derived when the sidecar starts) <issuer>/oauth2/revocations.
 	RevocationsURI string `json:"revocationsURI,omitempty"`
 	// RevocationPollInterval is how often the revocation list is fetched;
 	// default 5s, at least 100ms.
@@ -197,6 +197,14 @@ func (c *Config) resolve(base string) {
 			*p = filepath.Join(base, *p)
 		}
 	}
+}
+
+// RevocationsURL returns sts.revocationsURI or its default.
+func (s STSConfig) RevocationsURL() string {
+	if s.RevocationsURI != "" {
+		return s.RevocationsURI
+	}
+	return strings.TrimSuffix(s.Issuer, "/") + "/oauth2/revocations"
 }
 
 // Validate checks the configuration and fills in defaults.
@@ -302,9 +310,6 @@ func (c *Config) Validate() error {
 	}
 	if c.STS.TokenEndpoint == "" && c.STS.Issuer != "" {
 		c.STS.TokenEndpoint = strings.TrimSuffix(c.STS.Issuer, "/") + "/oauth2/token"
-	}
-	if c.STS.RevocationsURI == "" && c.STS.Issuer != "" {
-		c.STS.RevocationsURI = strings.TrimSuffix(c.STS.Issuer, "/") + "/oauth2/revocations"
 	}
 	switch p := time.Duration(c.STS.RevocationPollInterval); {
 	case p == 0:

@@ -132,6 +132,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 		// handler's goroutine; the rest through t.
 		st := &syncTransport{
 			dial:        func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", cfg.App) },
+			peek:        tcpIdleUsable,
 			fallback:    t,
 			maxIdle:     1024,
 			idleTimeout: 90 * time.Second,

@@ -540,7 +540,7 @@ func (u *upstream) transport(svid *x509svid.SVID, tp string, h2 bool) http.Round
 	default:
 		if u.prev != nil {
 			u.prev.t.CloseIdleConnections()
-			u.prev.t1.CloseIdleConnections()
+			u.prev.t1.close() // connections in use close when done
 		}
 		p = &pinnedTransport{thumbprint: tp, t: u.newTransport(svid, true), t1: u.newSyncTransport(svid)}
 		u.prev, u.cur = u.cur, p
@@ -557,7 +557,7 @@ func (u *upstream) closeIdle() {
 	for _, p := range []*pinnedTransport{u.cur, u.prev} {
 		if p != nil {
 			p.t.CloseIdleConnections()
-			p.t1.CloseIdleConnections()
+			p.t1.close()
 		}
 	}
 }

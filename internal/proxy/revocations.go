@@ -33,6 +33,7 @@ type RevocationList struct {
 	url      string
 	client   *http.Client
 	interval time.Duration
+	leeway   time.Duration
 	logger   *slog.Logger
 	now      func() time.Time
 
@@ -56,8 +57,12 @@ type RevocationListConfig struct {
 	Client *http.Client
 	// Interval between polls; default DefaultRevocationPoll.
 	Interval time.Duration
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// Leeway keeps an entry past its until: the clock skew tolerated on
+	// token expiry, so a revoked token is refused for as long as it could
+	// still verify here.
+	Leeway time.Duration
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // NewRevocationList returns an empty list; Run fills it.
@@ -74,7 +79,10 @@ func NewRevocationList(cfg RevocationListConfig) (*RevocationList, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	l := &RevocationList{url: cfg.URL, client: cfg.Client, interval: cfg.Interval, logger: cfg.Logger, now: cfg.Now}
+	if cfg.Leeway < 0 {
+		return nil, errors.New("proxy: revocation list leeway must not be negative")
+	}
+	l := &RevocationList{url: cfg.URL, client: cfg.Client, interval: cfg.Interval, leeway: cfg.Leeway, logger: cfg.Logger, now: cfg.Now}
 	l.set.Store(&revokedSet{})
 	return l, nil
 }
@@ -157,6 +165,9 @@ func (l *RevocationList) Refresh(ctx context.Context) error {
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusNotModified:
+		if l.etag == "" {
+			return errors.New("revocation list: 304 to a request without If-None-Match")
+		}
 		l.lastOK.Store(l.now().UnixNano())
 		return nil
 	case http.StatusOK:
@@ -164,7 +175,7 @@ func (l *RevocationList) Refresh(ctx context.Context) error {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("revocation list: status %d", resp.StatusCode)
 	}
-	set, err := parseRevocationList(io.LimitReader(resp.Body, maxRevocationBody+1), l.now())
+	set, err := parseRevocationList(io.LimitReader(resp.Body, maxRevocationBody+1), l.now(), l.leeway)
 	if err != nil {
 		return err
 	}
@@ -174,10 +185,11 @@ func (l *RevocationList) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// parseRevocationList decodes a list, dropping expired entries. Members it
+// parseRevocationList decodes a list, dropping entries expired for more
+// than leeway (and keeping the others until their until plus leeway). Members it
 // does not know are ignored (the list may grow); entries of unknown kinds
 // too. Anything malformed fails the whole list.
-func parseRevocationList(r io.Reader, now time.Time) (*revokedSet, error) {
+func parseRevocationList(r io.Reader, now time.Time, leeway time.Duration) (*revokedSet, error) {
 	body, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("revocation list: %w", err)
@@ -203,7 +215,7 @@ func parseRevocationList(r io.Reader, now time.Time) (*revokedSet, error) {
 		if e.ID == "" || len(e.ID) > maxRevokedIDBytes || e.Until == nil {
 			return nil, fmt.Errorf("revocation list: entry %d has no id, an id over %d bytes, or no until", i, maxRevokedIDBytes)
 		}
-		until := time.Unix(*e.Until, 0)
+		until := time.Unix(*e.Until, 0).Add(leeway)
 		if !now.Before(until) {
 			continue
 		}

@@ -44,7 +44,7 @@ func TestParseRevocationList(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			set, err := parseRevocationList(strings.NewReader(tc.body), now)
+			set, err := parseRevocationList(strings.NewReader(tc.body), now, 0)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want %q", err, tc.wantErr)
@@ -58,6 +58,29 @@ func TestParseRevocationList(t *testing.T) {
 				t.Errorf("%d jtis, %d sids; want %d, %d", len(set.jtis), len(set.sids), tc.jtis, tc.sids)
 			}
 		})
+	}
+}
+
+// TestRevocationLeeway: an entry outlives its until by the clock skew the
+// sidecar tolerates on exp, so a revoked token that still verifies here is
+// still refused.
+func TestRevocationLeeway(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	body := `{"revoked":[{"kind":"jti","id":"a","until":` + itoa(now.Add(-10*time.Second).Unix()) + `}]}`
+	set, err := parseRevocationList(strings.NewReader(body), now, 30*time.Second)
+	if err != nil || len(set.jtis) != 1 {
+		t.Fatalf("with 30s leeway: %v, %d entries", err, len(set.jtis))
+	}
+	l, _ := NewRevocationList(RevocationListConfig{URL: "https://x", Client: http.DefaultClient, Leeway: 30 * time.Second, Now: func() time.Time { return now }})
+	l.set.Store(set)
+	if !l.Revoked(&token.Claims{ID: "a"}) {
+		t.Error("an entry within the leeway does not apply")
+	}
+	if set, _ := parseRevocationList(strings.NewReader(body), now, 0); len(set.jtis) != 0 {
+		t.Error("without leeway an expired entry was kept")
+	}
+	if _, err := NewRevocationList(RevocationListConfig{URL: "https://x", Client: http.DefaultClient, Leeway: -time.Second}); err == nil {
+		t.Error("a negative leeway was accepted")
 	}
 }
 
@@ -116,6 +139,13 @@ func TestRevocationListRefresh(t *testing.T) {
 	if err := l.Refresh(ctx); err == nil || !l.Revoked(s1) {
 		t.Errorf("after a malformed list: error %v, revoked(s1)=%v", err, l.Revoked(s1))
 	}
+	// A 304 to a request that sent no ETag is not a list.
+	always304 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNotModified) }))
+	defer always304.Close()
+	l2, _ := NewRevocationList(RevocationListConfig{URL: always304.URL, Client: always304.Client()})
+	if err := l2.Refresh(ctx); err == nil || l2.Age() >= 0 {
+		t.Errorf("an unconditional 304 counted as a fetched list (error %v)", err)
+	}
 	// A new list replaces the old one.
 	body.Store(`{"revoked":[{"kind":"jti","id":"j","until":` + itoa(now.Add(time.Hour).Unix()) + `}]}`)
 	if err := l.Refresh(ctx); err != nil {
@@ -143,7 +173,7 @@ func FuzzParseRevocationList(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		set, err := parseRevocationList(strings.NewReader(string(b)), now)
+		set, err := parseRevocationList(strings.NewReader(string(b)), now, 30*time.Second)
 		if err != nil {
 			return
 		}

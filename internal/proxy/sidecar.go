@@ -202,9 +202,10 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 	}
 	s.closers = append(s.closers, func() { revTransport.CloseIdleConnections() })
 	if s.revoked, err = NewRevocationList(RevocationListConfig{
-		URL:      cfg.STS.RevocationsURI,
+		URL:      cfg.STS.RevocationsURL(),
 		Client:   &http.Client{Timeout: 10 * time.Second, Transport: revTransport},
 		Interval: time.Duration(cfg.STS.RevocationPollInterval),
+		Leeway:   skew,
 		Logger:   opts.Logger,
 		Now:      opts.Now,
 	}); err != nil {
@@ -283,7 +284,10 @@ func (s *Sidecar) OutboundAddr() net.Addr { return s.outLn.Addr() }
 // Ready reports whether the sidecar holds a valid SVID and the STS keys, and
 // is not draining.
 func (s *Sidecar) Ready() bool {
-	if s.draining.Load() || !s.keys.Ready() {
+	// Not ready before the token service's keys and its revocation list
+	// have been fetched once: without them a sidecar could refuse every
+	// token, or accept a revoked one.
+	if s.draining.Load() || !s.keys.Ready() || s.revoked.Age() < 0 {
 		return false
 	}
 	svid, err := s.identity.GetX509SVID()

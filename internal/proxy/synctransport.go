@@ -33,13 +33,25 @@ import (
 // including every request with a body, goes to the fallback, which
 // streams in both directions at once.
 //
+// Framing is never trusted across requests: a connection goes back to the
+// pool only after a complete response that allows keep-alive, with nothing
+// read beyond it; before a plain TCP connection is reused, bytes that
+// arrived while it sat idle (or its closing) are looked for without
+// reading them, and such a connection is dropped, as http.Transport drops
+// a connection with an unsolicited response. (On TLS connections between
+// sidecars the peer is a Postern sidecar whose net/http server frames every
+// response; post-handshake TLS messages make a peek meaningless there.)
+//
 // What it does not do: 1xx informational responses (103 Early Hints) are
 // read and dropped, not forwarded; a 101 without an upgrade request is an
 // error.
 type syncTransport struct {
 	// dial opens a new connection, TLS handshake included; its context
 	// is the request's.
-	dial     func(ctx context.Context) (net.Conn, error)
+	dial func(ctx context.Context) (net.Conn, error)
+	// peek, when set, reports whether an idle connection is still usable
+	// (nothing to read, not closed) without reading from it.
+	peek     func(net.Conn) bool
 	fallback http.RoundTripper
 	// maxIdle bounds the idle connections kept; idleTimeout closes those
 	// idle longer; headerTimeout bounds the wait for a response header
@@ -54,23 +66,52 @@ type syncTransport struct {
 	closed bool
 }
 
-// maxSyncResponseHeader bounds a response header on this path, as
-// http.Transport's default MaxResponseHeaderBytes does.
+// maxSyncResponseHeader bounds a response header on this path (net/http's
+// client default is 10 MiB; a sidecar's peers never need a megabyte).
 const maxSyncResponseHeader = 1 << 20
 
 // maxInformational bounds the 1xx responses read before the final one.
 const maxInformational = 8
 
-// errSyncHeaderTooLarge reports a response header over maxSyncResponseHeader.
-var errSyncHeaderTooLarge = errors.New("proxy: response header too large")
+// Errors of this path.
+var (
+	errSyncHeaderTooLarge = errors.New("proxy: response header too large")
+	errSyncBodyClosed     = errors.New("proxy: read on a closed response body")
+)
 
 // syncConn is one pooled connection with its buffers.
 type syncConn struct {
+	raw    net.Conn // as dialled (TCP or TLS)
 	conn   *meteredConn
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	reused bool
 	idleAt time.Time
+
+	// mu orders deadline changes with cancellation: once cancelled, the
+	// deadline stays in the past whatever send does next.
+	mu        sync.Mutex
+	cancelled bool
+}
+
+// cancel unblocks every read and write on c for good.
+func (c *syncConn) cancel() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cancelled = true
+	_ = c.conn.SetDeadline(time.Unix(1, 0))
+}
+
+// setReadDeadline sets the read deadline unless c was cancelled, and
+// reports whether it was not.
+func (c *syncConn) setReadDeadline(t time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cancelled {
+		return false
+	}
+	_ = c.conn.SetReadDeadline(t)
+	return true
 }
 
 // meteredConn counts the bytes read and can bound them.
@@ -113,8 +154,9 @@ func (t *syncTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return t.fallback.RoundTrip(r)
 	}
 	ctx := r.Context()
-	for attempt := 0; ; attempt++ {
-		c, err := t.get(ctx)
+	fresh := false
+	for {
+		c, err := t.get(ctx, fresh)
 		if err != nil {
 			return nil, err
 		}
@@ -127,18 +169,23 @@ func (t *syncTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			return nil, cerr
 		}
 		// A pooled connection the peer closed while it sat idle fails
-		// before any byte of an answer: send again, once, on a new one.
-		if !retry || !c.reused || attempt > 0 {
+		// before any byte of an answer: send again on a new connection
+		// (never another pooled one, which may be just as dead).
+		if !retry || !c.reused {
 			return nil, err
 		}
+		fresh = true
 	}
 }
 
 // send writes r on c and reads the response header. retry reports that
 // nothing was received, so r may be sent again elsewhere.
 func (t *syncTransport) send(c *syncConn, r *http.Request) (resp *http.Response, retry bool, err error) {
-	// Cancelling the request unblocks the connection at once.
-	stop := context.AfterFunc(r.Context(), func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	c.mu.Lock()
+	c.cancelled = false
+	c.mu.Unlock()
+	// Cancelling the request unblocks the connection at once, for good.
+	stop := context.AfterFunc(r.Context(), c.cancel)
 	defer func() {
 		if err != nil {
 			stop()
@@ -151,8 +198,8 @@ func (t *syncTransport) send(c *syncConn, r *http.Request) (resp *http.Response,
 	if err := c.bw.Flush(); err != nil {
 		return nil, closedByPeer(err), err
 	}
-	if t.headerTimeout > 0 {
-		_ = c.conn.SetReadDeadline(t.now().Add(t.headerTimeout))
+	if t.headerTimeout > 0 && !c.setReadDeadline(t.now().Add(t.headerTimeout)) {
+		return nil, false, context.Canceled
 	}
 	c.conn.limit = c.conn.n + maxSyncResponseHeader
 	for i := 0; ; i++ {
@@ -160,17 +207,18 @@ func (t *syncTransport) send(c *syncConn, r *http.Request) (resp *http.Response,
 		if err != nil {
 			return nil, c.conn.n == before && closedByPeer(err), err
 		}
-		if resp.StatusCode >= 200 {
-			break
+		switch code := resp.StatusCode; {
+		case code >= 200:
+		case code < 100 || code == http.StatusSwitchingProtocols || i == maxInformational:
+			return nil, false, fmt.Errorf("proxy: unexpected %d response", code)
+		default:
+			continue // a 1xx has no body; the final response follows
 		}
-		if resp.StatusCode == http.StatusSwitchingProtocols || i == maxInformational {
-			return nil, false, fmt.Errorf("proxy: unexpected %d response", resp.StatusCode)
-		}
-		// A 1xx response has no body; the final one follows.
+		break
 	}
 	c.conn.limit = -1
-	if t.headerTimeout > 0 {
-		_ = c.conn.SetReadDeadline(time.Time{})
+	if t.headerTimeout > 0 && !c.setReadDeadline(time.Time{}) {
+		return nil, false, context.Canceled
 	}
 	b := &syncBody{t: t, c: c, rc: resp.Body, stop: stop, keep: !resp.Close}
 	if resp.Body == http.NoBody {
@@ -188,35 +236,58 @@ func closedByPeer(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// get returns an idle connection or dials a new one.
-func (t *syncTransport) get(ctx context.Context) (*syncConn, error) {
-	now := t.now()
-	t.mu.Lock()
-	for len(t.idle) > 0 {
+// get returns a usable idle connection, or dials a new one (always when
+// fresh).
+func (t *syncTransport) get(ctx context.Context, fresh bool) (*syncConn, error) {
+	for !fresh {
+		now := t.now()
+		t.mu.Lock()
+		t.sweepLocked(now)
+		if len(t.idle) == 0 {
+			t.mu.Unlock()
+			break
+		}
 		c := t.idle[len(t.idle)-1]
 		t.idle[len(t.idle)-1] = nil
 		t.idle = t.idle[:len(t.idle)-1]
-		if t.idleTimeout > 0 && now.Sub(c.idleAt) > t.idleTimeout {
-			_ = c.conn.Close()
+		t.mu.Unlock()
+		if t.peek != nil && !t.peek(c.raw) {
+			_ = c.conn.Close() // closed by the peer, or bytes nobody asked for
 			continue
 		}
-		t.mu.Unlock()
 		c.reused = true
 		return c, nil
 	}
-	t.mu.Unlock()
 	nc, err := t.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
 	mc := &meteredConn{Conn: nc, limit: -1}
-	return &syncConn{conn: mc, br: bufio.NewReaderSize(mc, 4096), bw: bufio.NewWriterSize(mc, 4096)}, nil
+	return &syncConn{raw: nc, conn: mc, br: bufio.NewReaderSize(mc, 4096), bw: bufio.NewWriterSize(mc, 4096)}, nil
+}
+
+// sweepLocked closes the connections idle longer than idleTimeout; they
+// are the oldest, at the front.
+func (t *syncTransport) sweepLocked(now time.Time) {
+	if t.idleTimeout <= 0 {
+		return
+	}
+	n := 0
+	for n < len(t.idle) && now.Sub(t.idle[n].idleAt) > t.idleTimeout {
+		_ = t.idle[n].conn.Close()
+		n++
+	}
+	if n > 0 {
+		clear(t.idle[:n])
+		t.idle = append(t.idle[:0], t.idle[n:]...)
+	}
 }
 
 // put returns c to the pool, or closes it when the pool is full or closed.
 func (t *syncTransport) put(c *syncConn) {
 	c.idleAt = t.now()
 	t.mu.Lock()
+	t.sweepLocked(c.idleAt)
 	if t.closed || len(t.idle) >= t.maxIdle {
 		t.mu.Unlock()
 		_ = c.conn.Close()
@@ -241,7 +312,8 @@ func (t *syncTransport) CloseIdleConnections() {
 	}
 }
 
-// close closes the idle connections and stops pooling.
+// close closes the idle connections and stops pooling: connections in use
+// are closed when their response ends.
 func (t *syncTransport) close() {
 	t.mu.Lock()
 	t.closed = true
@@ -253,21 +325,26 @@ func (t *syncTransport) close() {
 // the connection goes back to the pool; closed before, it is closed.
 // Close may be called while a Read blocks in another goroutine.
 type syncBody struct {
-	t    *syncTransport
-	c    *syncConn
-	rc   io.ReadCloser
-	stop func() bool
-	keep bool // the response allows the connection to be reused
-	done atomic.Bool
+	t      *syncTransport
+	c      *syncConn
+	rc     io.ReadCloser
+	stop   func() bool
+	keep   bool // the response allows the connection to be reused
+	done   atomic.Bool
+	sawEOF atomic.Bool
 }
 
 func (b *syncBody) Read(p []byte) (int, error) {
 	if b.done.Load() {
-		return 0, io.EOF
+		if b.sawEOF.Load() {
+			return 0, io.EOF
+		}
+		return 0, errSyncBodyClosed
 	}
 	n, err := b.rc.Read(p)
 	switch {
 	case err == io.EOF:
+		b.sawEOF.Store(true)
 		b.finish(true)
 	case err != nil:
 		b.finish(false)
@@ -282,14 +359,15 @@ func (b *syncBody) Close() error {
 }
 
 // finish releases the connection once: to the pool after a complete
-// response that allows it (and no cancellation), closed otherwise.
+// response that allows it, with nothing read beyond it and no
+// cancellation; closed otherwise.
 func (b *syncBody) finish(eof bool) {
 	if !b.done.CompareAndSwap(false, true) {
 		return
 	}
 	// stop reports false when the request's context was cancelled and
 	// the deadline already set: that connection is spent.
-	if b.stop() && eof && b.keep {
+	if b.stop() && eof && b.keep && b.c.br.Buffered() == 0 {
 		b.t.put(b.c)
 		return
 	}

@@ -410,3 +410,171 @@ func FuzzSyncTransportResponse(f *testing.F) {
 		resp.Body.Close()
 	})
 }
+
+// TestSyncTransportNoDesync: bytes beyond a response (a second response in
+// the same write, or a body sent to a HEAD) never reach the next request:
+// the connection is dropped, not pooled.
+func TestSyncTransportNoDesync(t *testing.T) {
+	for _, tc := range []struct{ name, method, first string }{
+		{"extra bytes after the body", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA"},
+		{"a body sent to HEAD", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 62\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, late := range []bool{false, true} {
+				addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {
+					for {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						if req.URL.Path != "/victim-1" {
+							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+							continue
+						}
+						forged := "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+						if late {
+							io.WriteString(c, tc.first)
+							time.Sleep(20 * time.Millisecond) // arrives while the connection is idle
+							io.WriteString(c, forged)
+						} else {
+							io.WriteString(c, tc.first+forged)
+						}
+					}
+				})
+				f := newSyncFixture(t, addr)
+				f.t.peek = tcpIdleUsable
+				f.do(t, newReq(t, tc.method, "http://"+addr+"/victim-1", nil))
+				time.Sleep(50 * time.Millisecond)
+				resp, err := f.t.RoundTrip(newReq(t, "GET", "http://"+addr+"/victim-2", nil))
+				if err != nil {
+					continue // refusing is fine; answering with the forged response is not
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) == "forged" {
+					t.Errorf("late=%v: the second request received bytes sent after the first response", late)
+				}
+			}
+		})
+	}
+}
+
+// TestSyncTransportAllPooledStale: after the peer closed every pooled
+// connection (an application restart), a request still succeeds on a new
+// one.
+func TestSyncTransportAllPooledStale(t *testing.T) {
+	addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}) // one response per connection, then close
+	for _, peek := range []bool{false, true} {
+		f := newSyncFixture(t, addr)
+		if peek {
+			f.t.peek = tcpIdleUsable
+		}
+		r1, err := f.t.RoundTrip(newReq(t, "GET", "http://"+addr+"/a", nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, err := f.t.RoundTrip(newReq(t, "GET", "http://"+addr+"/b", nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(r1.Body)
+		io.ReadAll(r2.Body)
+		time.Sleep(50 * time.Millisecond)
+		if _, err := f.t.RoundTrip(newReq(t, "GET", "http://"+addr+"/c", nil)); err != nil {
+			t.Errorf("peek=%v: with two dead pooled connections: %v", peek, err)
+		}
+	}
+}
+
+// TestSyncTransportCancelBeforeHeaderTimeout: a cancellation that lands
+// just before the header timeout is set is not undone by it.
+func TestSyncTransportCancelBeforeHeaderTimeout(t *testing.T) {
+	addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		time.Sleep(time.Second)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	f := newSyncFixture(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	f.t.headerTimeout = 10 * time.Second
+	var calls atomic.Int32
+	f.t.now = func() time.Time {
+		if calls.Add(1) == 2 { // send(), just before the header timeout is set
+			cancel()
+			time.Sleep(20 * time.Millisecond) // let the AfterFunc run
+		}
+		return time.Now()
+	}
+	start := time.Now()
+	resp, err := f.t.RoundTrip(newReq(t, "GET", "http://"+addr+"/", nil).WithContext(ctx))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a cancelled request returned a response after %v", time.Since(start))
+	}
+	if !errors.Is(err, context.Canceled) || time.Since(start) > 500*time.Millisecond {
+		t.Errorf("error %v after %v, want context.Canceled at once", err, time.Since(start))
+	}
+}
+
+// TestSyncTransportIdleSweep: connections idle past the timeout are closed
+// even when nobody takes them, and a closed transport pools nothing.
+func TestSyncTransportIdleSweep(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	defer srv.Close()
+	f := newSyncFixture(t, srv.Listener.Addr().String())
+	now := time.Now()
+	f.t.now = func() time.Time { return now }
+	var bodies []*http.Response
+	for range 3 {
+		resp, err := f.t.RoundTrip(newReq(t, "GET", srv.URL, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, resp)
+	}
+	for _, r := range bodies[:2] {
+		io.ReadAll(r.Body)
+	}
+	now = now.Add(2 * f.t.idleTimeout)
+	io.ReadAll(bodies[2].Body) // its put sweeps the two expired ones
+	f.t.mu.Lock()
+	n := len(f.t.idle)
+	f.t.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d idle connections after the sweep, want 1", n)
+	}
+	f.t.close()
+	f.do(t, newReq(t, "GET", srv.URL, nil))
+	f.t.mu.Lock()
+	n = len(f.t.idle)
+	f.t.mu.Unlock()
+	if n != 0 {
+		t.Errorf("a closed transport pooled %d connections", n)
+	}
+}
+
+// TestSyncTransportReadAfterClose: a body closed early reports an error on
+// Read, not a clean end.
+func TestSyncTransportReadAfterClose(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(strings.Repeat("x", 1<<16)))
+	}))
+	defer srv.Close()
+	f := newSyncFixture(t, srv.Listener.Addr().String())
+	resp, err := f.t.RoundTrip(newReq(t, "GET", srv.URL, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if _, err := resp.Body.Read(make([]byte, 10)); err == nil || err == io.EOF {
+		t.Errorf("Read after Close: %v, want an error", err)
+	}
+}

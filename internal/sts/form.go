@@ -14,6 +14,11 @@ import (
 // maxParams bounds the number of form parameters in one request.
 const maxParams = 32
 
+// maxFormFields is url.ParseQuery's bound on &-separated fields, empty
+// ones included; parseForm applies it too, to accept exactly what
+// url.ParseQuery accepts.
+const maxFormFields = 10000
+
 // form is a parsed request body: each parameter appears at most once.
 type form map[string]string
 
@@ -56,6 +61,11 @@ func readForm(w http.ResponseWriter, r *http.Request, limit int64) (form, *Error
 // parameter (FuzzParseForm holds the two together).
 func parseForm(body []byte) (form, error) {
 	s := string(body)
+	// As url.ParseQuery does (its default limit), before anything else:
+	// empty fields count too.
+	if strings.Count(s, "&") >= maxFormFields {
+		return nil, fmt.Errorf("too many parameters (the limit is %d)", maxParams)
+	}
 	f := make(form, 8)
 	var empty []string // parameters sent with an empty value, which count as absent
 	for s != "" {

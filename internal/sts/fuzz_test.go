@@ -14,7 +14,7 @@ func FuzzParseForm(f *testing.F) {
 		"grant_type=client_credentials&audience=inventory-api",
 		"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=eyJhbGciOiJFUzI1NiJ9.e30.sig&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt",
 		"a=1&a=2", "%zz", "=x", "a&b&c", "", "a=&a=1", "a=1;b=2", "a+b=c+d%20e", "&&a=1&&",
-		strings.Repeat("p=1&", 40), "a=%", "%41=1&A=2",
+		strings.Repeat("p=1&", 40), "a=%", "%41=1&A=2", "a=1" + strings.Repeat("&", 10000), "a=1" + strings.Repeat("&", 9998),
 	} {
 		f.Add([]byte(s))
 	}

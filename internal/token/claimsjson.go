@@ -2,6 +2,7 @@ package token
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
 	"time"
@@ -462,13 +463,18 @@ func appendClaims(dst []byte, c *Claims) ([]byte, error) {
 	str("jti", c.ID)
 	str("client_id", c.ClientID)
 	str("scope", c.Scope)
+	var err error
 	if c.Act != nil {
 		name("act")
-		dst = appendActor(dst, c.Act)
+		if dst, err = appendActor(dst, c.Act); err != nil {
+			return nil, err
+		}
 	}
 	if c.MayAct != nil {
 		name("may_act")
-		dst = appendActor(dst, c.MayAct)
+		if dst, err = appendActor(dst, c.MayAct); err != nil {
+			return nil, err
+		}
 	}
 	if c.Cnf != nil {
 		name("cnf")
@@ -520,10 +526,14 @@ func appendClaims(dst []byte, c *Claims) ([]byte, error) {
 	return append(dst, '}'), nil
 }
 
-// appendActor writes an actor chain as encoding/json did for Actor.
-func appendActor(dst []byte, a *Actor) []byte {
+// appendActor writes an actor chain as encoding/json did for Actor. A
+// chain deeper than a claim set may nest (or a cycle) is an error.
+func appendActor(dst []byte, a *Actor) ([]byte, error) {
 	depth := 0
 	for cur := a; cur != nil; cur = cur.Actor {
+		if depth == maxJSONDepth {
+			return nil, fmt.Errorf("actor chain deeper than %d", maxJSONDepth)
+		}
 		dst = append(dst, `{"sub":`...)
 		dst = appendJSONString(dst, cur.Subject)
 		if cur.Issuer != "" {
@@ -538,21 +548,23 @@ func appendActor(dst []byte, a *Actor) []byte {
 	for ; depth > 0; depth-- {
 		dst = append(dst, '}')
 	}
-	return dst
+	return dst, nil
 }
 
 const hexDigits = "0123456789abcdef"
 
-// appendJSONString appends s as a JSON string, escaped as encoding/json
-// escapes it: quotes, backslashes, control characters, <, > and &, U+2028
-// and U+2029, and invalid UTF-8 as U+FFFD.
+// appendJSONString appends s as a JSON string: quotes, backslashes and
+// control characters escaped (\n, \r, \t, else \u00XX), U+2028 and U+2029
+// escaped, invalid UTF-8 replaced by U+FFFD. Unlike encoding/json it does
+// not escape <, > and & (a token is not HTML), so claims holding them still
+// take the fast decoder. Decoded, the result equals encoding/json's.
 func appendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if c >= 0x20 && c != '"' && c != '\\' {
 				i++
 				continue
 			}

@@ -118,6 +118,21 @@ func TestClaimsAppend(t *testing.T) {
 	if _, err := (&Claims{Extra: map[string]any{"bad": make(chan int)}}).MarshalJSON(); err == nil {
 		t.Error("MarshalJSON encoded a channel")
 	}
+	cyclic := &Actor{Subject: "a"}
+	cyclic.Actor = cyclic
+	if _, err := (&Claims{Act: cyclic}).MarshalJSON(); err == nil {
+		t.Error("MarshalJSON encoded a cyclic actor chain")
+	}
+	// What the encoder writes, the fast decoder reads, HTML characters
+	// included.
+	b, err := (&Claims{Issuer: "a<b>&c", Extra: map[string]any{"org": "Smith & Co"}}).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Claims
+	if !decodeClaimsFast(b, &back) || back.Issuer != "a<b>&c" || back.Extra["org"] != "Smith & Co" {
+		t.Errorf("fast decode of %s: %+v", b, back)
+	}
 }
 
 // FuzzClaimsFastDecode: whatever the fast decoder accepts, encoding/json
