@@ -84,10 +84,27 @@ func safeReason(s string) string {
 }
 
 // hasPosternPrefix reports whether a header name starts with X-Postern-,
-// in any case.
+// in any case, with "_" counting as "-": CGI-style servers (WSGI, Rack,
+// PHP) read X-Postern_Claims and X-Postern-Claims as the same
+// HTTP_X_POSTERN_CLAIMS, so a caller must not be able to slip one past us.
 func hasPosternPrefix(k string) bool {
-	const p = "X-Postern-"
-	return len(k) >= len(p) && strings.EqualFold(k[:len(p)], p)
+	const p = "x-postern-"
+	if len(k) < len(p) {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := k[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != p[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // forwardHeader copies h without X-Postern-* headers and Authorization.
@@ -102,17 +119,30 @@ func forwardHeader(h http.Header) http.Header {
 	return out
 }
 
-// headerMap gives route conditions the request headers (first value,
-// lower-case names), without Authorization and X-Postern-*.
-func headerMap(h http.Header) map[string]string {
+// headerMap gives policies the request headers (lower-case names),
+// without Authorization and X-Postern-*: those sent once in the map, the
+// names of those sent more than once in the set (see
+// policy.Request.RepeatedHeaders).
+func headerMap(h http.Header) (map[string]string, map[string]bool) {
 	m := make(map[string]string, len(h))
+	var repeated map[string]bool
 	for k, v := range h {
 		if strings.EqualFold(k, "Authorization") || len(v) == 0 || hasPosternPrefix(k) {
 			continue
 		}
-		m[strings.ToLower(k)] = v[0]
+		name := strings.ToLower(k)
+		_, dup := m[name]
+		if len(v) > 1 || dup || repeated[name] {
+			if repeated == nil {
+				repeated = map[string]bool{}
+			}
+			repeated[name] = true
+			delete(m, name)
+			continue
+		}
+		m[name] = v[0]
 	}
-	return m
+	return m, repeated
 }
 
 // scopesOf returns the token's scopes: the space-separated scope claim, or

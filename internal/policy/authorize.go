@@ -31,8 +31,13 @@ type Request struct {
 	// normalized by the proxy; a query string is ignored.
 	Method, Path, Host string
 	Port               int
-	// Headers with lower-case names.
+	// Headers with lower-case names: the value of each header sent once.
 	Headers map[string]string
+	// RepeatedHeaders names (lower-case) the headers sent more than once.
+	// They are not in Headers: which of their values counts depends on the
+	// application, so a condition on one cannot be evaluated (an ALLOW
+	// rule does not match, a DENY rule applies).
+	RepeatedHeaders map[string]bool
 }
 
 // Decision is the outcome of Authorize: what proxies put in audit lines and
@@ -526,6 +531,9 @@ func (c *ccond) eval(req *Request, why *string) tri {
 			got = reqPrincipal(req)
 		}
 	case kHeader:
+		if req.RepeatedHeaders[c.header] {
+			return unknown("header is sent more than once")
+		}
 		v, ok := req.Headers[c.header]
 		if !ok {
 			return unknown("header is missing")

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -203,9 +204,11 @@ func (h *Inbound) reverseProxy(t http.RoundTripper) *httputil.ReverseProxy {
 			if f, ok := resp.Request.Context().Value(forwardKey{}).(*forward); ok {
 				f.status = resp.StatusCode
 			}
-			// The app must not set identity headers on the way back.
+			// The app must not set identity headers on the way back,
+			// as headers or as trailers.
 			stripPostern(resp.Header)
 			grpcTrailersOnly(resp)
+			stripTrailers(resp)
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -260,8 +263,8 @@ func (h *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:     p,
 		Host:     r.Host,
 		Port:     localPort(r),
-		Headers:  headerMap(r.Header),
 	}
+	req.Headers, req.RepeatedHeaders = headerMap(r.Header)
 	var v *Verified
 	if raw != "" {
 		var err error
@@ -418,8 +421,28 @@ func stripPostern(h http.Header) {
 	}
 }
 
+// hasPosternPrefix reports whether a header name starts with X-Postern-,
+// in any case, with "_" counting as "-": CGI-style servers (WSGI, Rack,
+// PHP) read X-Postern_Claims and X-Postern-Claims as the same
+// HTTP_X_POSTERN_CLAIMS, so a caller must not be able to slip one past us.
 func hasPosternPrefix(k string) bool {
-	return len(k) >= len(HeaderPrefix) && strings.EqualFold(k[:len(HeaderPrefix)], HeaderPrefix)
+	const p = "x-postern-"
+	if len(k) < len(p) {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := k[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != p[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // ExtractToken finds the one bearer token of r in Authorization or the
@@ -448,7 +471,7 @@ func ExtractToken(r *http.Request) (raw, query, fault string) {
 	if query != "" {
 		// Decode before looking: "access%5Ftoken" is access_token too.
 		vals, err := url.ParseQuery(query)
-		if err != nil && strings.Contains(strings.ToLower(query), "access") {
+		if err != nil && queryMayHoldToken(query) {
 			return "", query, "the query string does not parse"
 		}
 		found := false
@@ -477,6 +500,86 @@ func ExtractToken(r *http.Request) (raw, query, fault string) {
 		return "", query, "empty access token"
 	}
 	return raw, query, ""
+}
+
+// stripTrailers removes X-Postern-* trailers from resp: those it declares
+// now, those that arrive with the end of the body (undeclared ones) when
+// the body ends. Upgraded connections are left alone.
+func stripTrailers(resp *http.Response) {
+	stripPostern(resp.Trailer)
+	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
+		return
+	}
+	resp.Body = &trailerStripper{ReadCloser: resp.Body, resp: resp}
+}
+
+// trailerStripper strips the response's X-Postern-* trailers once its body
+// has been read to the end (when the transport fills them in) and on Close.
+type trailerStripper struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+func (t *trailerStripper) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if err != nil {
+		stripPostern(t.resp.Trailer)
+	}
+	return n, err
+}
+
+func (t *trailerStripper) Close() error {
+	err := t.ReadCloser.Close()
+	stripPostern(t.resp.Trailer)
+	return err
+}
+
+// queryMayHoldToken reports whether some parser could read an access_token
+// parameter in a query that url.ParseQuery refused: pairs split on "&" and
+// ";", names unescaped leniently, compared in any case.
+func queryMayHoldToken(q string) bool {
+	for _, pair := range strings.FieldsFunc(q, func(r rune) bool { return r == '&' || r == ';' }) {
+		name, _, _ := strings.Cut(pair, "=")
+		if strings.EqualFold(strings.TrimSpace(lenientUnescape(name)), "access_token") {
+			return true
+		}
+	}
+	return false
+}
+
+// lenientUnescape decodes the valid %XX escapes and "+" of s and keeps
+// everything else as it is, as forgiving query parsers do.
+func lenientUnescape(s string) string {
+	if !strings.ContainsAny(s, "%+") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '+':
+			b.WriteByte(' ')
+		case c == '%' && i+2 < len(s) && ishex(s[i+1]) && ishex(s[i+2]):
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= 'a':
+		return c - 'a' + 10
+	case c >= 'A':
+		return c - 'A' + 10
+	}
+	return c - '0'
 }
 
 // CleanPath returns the request's path with dot segments and repeated
@@ -514,17 +617,30 @@ func localPort(r *http.Request) int {
 	return 0
 }
 
-// headerMap gives policies the request headers (first value, lower-case
-// names), without Authorization and X-Postern-*.
-func headerMap(h http.Header) map[string]string {
+// headerMap gives policies the request headers (lower-case names),
+// without Authorization and X-Postern-*: those sent once in the map, the
+// names of those sent more than once in the set (see
+// policy.Request.RepeatedHeaders).
+func headerMap(h http.Header) (map[string]string, map[string]bool) {
 	m := make(map[string]string, len(h))
+	var repeated map[string]bool
 	for k, v := range h {
 		if k == "Authorization" || len(v) == 0 || hasPosternPrefix(k) {
 			continue
 		}
-		m[strings.ToLower(k)] = v[0]
+		name := strings.ToLower(k)
+		_, dup := m[name]
+		if len(v) > 1 || dup || repeated[name] {
+			if repeated == nil {
+				repeated = map[string]bool{}
+			}
+			repeated[name] = true
+			delete(m, name)
+			continue
+		}
+		m[name] = v[0]
 	}
-	return m
+	return m, repeated
 }
 
 // headerSafe makes s safe inside a quoted WWW-Authenticate parameter.

@@ -56,10 +56,20 @@ type OutboundOptions struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Revocations, when set, refuses a user context whose token the token
+	// service has revoked (a RevocationList), before any cached exchange
+	// of it is used.
+	Revocations Revocations
 	// Failed, if set, is told of every request the outbound half refuses
 	// or fails, before its JSON error is written (the gateway answers
 	// with its own body and decision id).
 	Failed func(ctx context.Context, f OutboundFailure)
+}
+
+// Revocations is what the outbound half needs of a RevocationList.
+type Revocations interface {
+	Revoked(*token.Claims) bool
+	Len() int
 }
 
 // Outbound is the outbound half of the sidecar: an http.Handler for the
@@ -80,6 +90,7 @@ type Outbound struct {
 	thumb     atomic.Pointer[thumbMemo]
 	buffers   *bufferPool
 	failed    func(context.Context, OutboundFailure)
+	revoked   Revocations
 }
 
 type thumbMemo struct {
@@ -111,7 +122,7 @@ func NewOutbound(opts OutboundOptions) (*Outbound, error) {
 	}
 	o := &Outbound{
 		cfg: cfg, contexts: opts.Contexts, exchange: opts.Exchange, svid: opts.SVID, bundle: opts.Bundle,
-		log: opts.Logger, now: opts.Now, upstreams: map[string]*upstream{}, failed: opts.Failed,
+		log: opts.Logger, now: opts.Now, upstreams: map[string]*upstream{}, failed: opts.Failed, revoked: opts.Revocations,
 	}
 	o.buffers = &bufferPool{}
 	names := make([]string, 0, len(cfg.Upstreams))
@@ -128,6 +139,10 @@ func NewOutbound(opts OutboundOptions) (*Outbound, error) {
 			BufferPool:    o.buffers,
 			ErrorHandler:  up.proxyError,
 			ModifyResponse: func(res *http.Response) error {
+				// Identity headers are for applications from their own
+				// sidecar, never from an upstream.
+				stripPostern(res.Header)
+				stripTrailers(res)
 				// An HTTP/2 upstream may send Content-Length with
 				// trailers; an HTTP/1.1 application needs chunking to get
 				// them.
@@ -189,6 +204,7 @@ const (
 	errInvalidRequest   = "invalid_request"
 	errUnknownUpstream  = "unknown_upstream"
 	errUnknownContext   = "unknown_context"
+	errTokenRevoked     = "token_revoked"
 	errExchangeRefused  = "token_exchange_refused"
 	errSTSUnavailable   = "token_service_unavailable"
 	errBadGateway       = "bad_gateway"
@@ -310,6 +326,14 @@ func (o *Outbound) token(r *http.Request, up *upstream) (*exchange.Token, *outbo
 		}
 		if !ok {
 			return nil, fault(http.StatusUnauthorized, errUnknownContext, "X-Postern-Context is unknown or has expired")
+		}
+	}
+	// A cached exchange would outlive a revocation by up to 80% of its
+	// token's life: look first. The claims are read without verifying
+	// them, which is enough to refuse (never to admit) a call.
+	if subject != "" && o.revoked != nil && o.revoked.Len() > 0 {
+		if _, c, err := token.ParseUnverified(subject); err == nil && o.revoked.Revoked(c) {
+			return nil, fault(http.StatusUnauthorized, errTokenRevoked, "the user's token has been revoked")
 		}
 	}
 	ctx := r.Context()
@@ -502,11 +526,7 @@ func (u *upstream) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Host = u.Name
 	pr.Out.Host = u.Name
 	h := pr.Out.Header
-	for k := range h {
-		if len(k) >= 10 && strings.EqualFold(k[:10], "X-Postern-") {
-			delete(h, k)
-		}
-	}
+	stripPostern(h)
 	h.Del("Authorization")
 	if f, ok := pr.In.Context().Value(outboundKey{}).(*outboundCall); ok {
 		h.Set("Authorization", "Bearer "+f.token)
@@ -567,17 +587,7 @@ func (u *upstream) closeIdle() {
 // every handshake, resumed ones included. alpn is the one protocol offered.
 func (u *upstream) tlsConfig(svid *x509svid.SVID, alpn string) *tls.Config {
 	cfg := tlsconfig.MTLSClientConfig(fixedSVID{svid}, u.o.bundle, tlsconfig.AuthorizeID(u.id))
-	verify := cfg.VerifyPeerCertificate
-	// VerifyPeerCertificate is skipped on resumed sessions;
-	// VerifyConnection is not: the SPIFFE check runs there, always.
-	cfg.VerifyPeerCertificate = nil
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		raw := make([][]byte, len(cs.PeerCertificates))
-		for i, c := range cs.PeerCertificates {
-			raw[i] = c.Raw
-		}
-		return verify(raw, nil)
-	}
+	verifyEveryHandshake(cfg)
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
 	cfg.MinVersion = tls.VersionTLS12
 	cfg.NextProtos = []string{alpn}
@@ -658,6 +668,25 @@ func (u *upstream) newSyncTransport(svid *x509svid.SVID) *syncTransport {
 		idleTimeout:   time.Duration(u.o.cfg.IdleTimeout),
 		headerTimeout: time.Duration(u.o.cfg.ResponseHeaderTimeout),
 		now:           time.Now,
+	}
+}
+
+// verifyEveryHandshake moves go-spiffe's SPIFFE verification from
+// VerifyPeerCertificate, which crypto/tls skips on resumed sessions, to
+// VerifyConnection, which runs on every handshake: a resumed session is
+// checked against the current bundle and authorizer too.
+func verifyEveryHandshake(cfg *tls.Config) {
+	verify := cfg.VerifyPeerCertificate
+	if verify == nil {
+		return
+	}
+	cfg.VerifyPeerCertificate = nil
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		raw := make([][]byte, len(cs.PeerCertificates))
+		for i, c := range cs.PeerCertificates {
+			raw[i] = c.Raw
+		}
+		return verify(raw, nil)
 	}
 }
 

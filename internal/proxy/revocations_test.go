@@ -234,3 +234,55 @@ func TestSidecarRevocation(t *testing.T) {
 		t.Error("the sidecar holds no revocation")
 	}
 }
+
+// TestSidecarOutboundRevocation: once a user's token is revoked (by its
+// jti alone), the caller's sidecar stops sending the exchanged token it has
+// cached for it, although the callee would still accept that token.
+func TestSidecarOutboundRevocation(t *testing.T) {
+	srv := startServer(t)
+	inv := startSidecar(t, srv, "inventory", serveApp(t, &recorder{}), nil)
+	fast := func(c *Config) { c.STS.RevocationPollInterval = policy.Duration(100 * time.Millisecond) }
+	orders := startSidecar(t, srv, "order-processing", serveApp(t, &recorder{}), map[string]string{"inventory": inv.InboundAddr().String()}, fast)
+	gw := issue(t, srv, gatewayID)
+	hop1 := stsExchange(t, srv, gw, userToken(t, "alice", "orders:read orders:write"), jwtType, ordersID)
+	call := func() (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://inventory/items/42", nil)
+		req.Header.Set("Authorization", "Bearer "+hop1)
+		resp, err := proxyClient(orders).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Error
+	}
+	if status, code := call(); status != 200 {
+		t.Fatalf("before revocation: %d %s", status, code)
+	}
+
+	pool := x509.NewCertPool()
+	for _, ca := range srv.CA().X509Authorities() {
+		pool.AddCert(ca)
+	}
+	rc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSWebClientConfig(orders.svid, pool)}}
+	resp, err := rc.PostForm(srv.Issuer()+"/oauth2/revoke", url.Values{"token": {hop1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("revoke: %d", resp.StatusCode)
+	}
+	var code string
+	waitFor(t, "the caller's sidecar to refuse the revoked user token", func() bool {
+		var status int
+		status, code = call()
+		return status == http.StatusUnauthorized
+	})
+	if code != errTokenRevoked {
+		t.Errorf("error %q, want %q", code, errTokenRevoked)
+	}
+}

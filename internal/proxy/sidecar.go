@@ -244,6 +244,7 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 	}
 
 	tlsCfg := tlsconfig.MTLSServerConfig(s.identity, s.identity, tlsconfig.AuthorizeMemberOf(td))
+	verifyEveryHandshake(tlsCfg)
 	tlsCfg.MinVersion = tls.VersionTLS12
 	tlsCfg.NextProtos = []string{"h2", "http/1.1"}
 	errLog := slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)

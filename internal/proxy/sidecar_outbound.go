@@ -28,13 +28,14 @@ func (s *Sidecar) newOutbound(td spiffeid.TrustDomain, opts SidecarOptions) (*Ou
 	}
 	s.closers = append(s.closers, ex.Close)
 	return NewOutbound(OutboundOptions{
-		Config:     s.cfg.Outbound,
-		Contexts:   s.contexts,
-		Exchange:   ex,
-		SVID:       s.identity,
-		Bundle:     s.identity,
-		Registerer: s.registry,
-		Logger:     opts.Logger,
-		Now:        opts.Now,
+		Config:      s.cfg.Outbound,
+		Contexts:    s.contexts,
+		Exchange:    ex,
+		SVID:        s.identity,
+		Bundle:      s.identity,
+		Registerer:  s.registry,
+		Logger:      opts.Logger,
+		Now:         opts.Now,
+		Revocations: s.revoked,
 	})
 }

@@ -314,13 +314,23 @@ func (s *Service) exchange(ctx context.Context, f form, c *caller, st *state, a 
 	} else if f.get("actor_token_type") != "" {
 		return nil, oauthErr(codeInvalidRequest, "actor_token_type without actor_token")
 	}
-	if sub.claims.MayAct != nil {
-		ma := sub.claims.MayAct
-		if ma.Subject != actor.Subject || (ma.Issuer != "" && ma.Issuer != s.cfg.Issuer) {
-			return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("the subject token's may_act does not allow %s to act", actor.Subject))
-		}
+	if oerr := s.checkMayAct(sub, actor); oerr != nil {
+		return nil, oerr
 	}
 	return s.issue(f, c, st, a, sub, actor, issuedType, "token-exchange")
+}
+
+// checkMayAct enforces the subject token's may_act (RFC 8693 §4.4) on the
+// party about to act, for every grant that has a subject token.
+func (s *Service) checkMayAct(sub *subject, actor *token.Actor) *Error {
+	ma := sub.claims.MayAct
+	if ma == nil {
+		return nil
+	}
+	if ma.Subject != actor.Subject || (ma.Issuer != "" && ma.Issuer != s.cfg.Issuer) {
+		return oauthErr(codeInvalidGrant, fmt.Sprintf("the subject token's may_act does not allow %s to act", actor.Subject))
+	}
+	return nil
 }
 
 func (s *Service) jwtBearer(ctx context.Context, f form, c *caller, st *state, a *audit) (*tokenResponse, *Error) {
@@ -332,7 +342,11 @@ func (s *Service) jwtBearer(ctx context.Context, f form, c *caller, st *state, a
 	if oerr != nil {
 		return nil, oerr
 	}
-	return s.issue(f, c, st, a, sub, &token.Actor{Subject: c.id}, TokenTypeAccessToken, "jwt-bearer")
+	actor := &token.Actor{Subject: c.id}
+	if oerr := s.checkMayAct(sub, actor); oerr != nil {
+		return nil, oerr
+	}
+	return s.issue(f, c, st, a, sub, actor, TokenTypeAccessToken, "jwt-bearer")
 }
 
 func (s *Service) clientCredentials(f form, c *caller, st *state, a *audit) (*tokenResponse, *Error) {

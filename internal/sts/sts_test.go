@@ -748,3 +748,21 @@ func TestAssertionHardening(t *testing.T) {
 		t.Errorf("actor token of the client itself: %d %s", r.status, r.raw)
 	}
 }
+
+// TestMayActEveryGrant: a subject token's may_act binds whoever acts on it,
+// through token exchange and jwt-bearer alike.
+func TestMayActEveryGrant(t *testing.T) {
+	h := newHarness(t)
+	user := h.userToken("alice", "orders:read", func(c *token.Claims) {
+		c.MayAct = &token.Actor{Subject: "spiffe://shop.test/ns/shop/sa/other"}
+	})
+	for name, form := range map[string]url.Values{
+		"token-exchange": exchangeForm(user, TokenTypeJWT, ordersID, ""),
+		"jwt-bearer":     {"grant_type": {GrantJWTBearer}, "assertion": {user}, "audience": {ordersID}},
+	} {
+		r := h.post(PathToken, form, h.asPeer(gatewayID))
+		if r.status != 400 || r.str("error") != "invalid_grant" || !strings.Contains(r.str("error_description"), "may_act") {
+			t.Errorf("%s by a party may_act does not name: %d %s", name, r.status, r.raw)
+		}
+	}
+}
