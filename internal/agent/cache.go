@@ -21,6 +21,20 @@ import (
 // maxEntries bounds the Workload entries the agent holds.
 const maxEntries = 10000
 
+// servable reports whether this agent can ever attest a caller for an entry
+// with these selectors: some selectors, all unix ones.
+func servable(sel []Selector) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for _, s := range sel {
+		if s.Type != "unix" {
+			return false
+		}
+	}
+	return true
+}
+
 // entryState is one Workload entry and the SVID held for it.
 type entryState struct {
 	id   spiffeid.ID
@@ -216,9 +230,10 @@ func (a *Agent) refreshWorkloads(ctx context.Context) error {
 			a.cfg.Logger.Warn("agent: ignoring workload entry with an invalid SPIFFE ID", "spiffe_id", truncate(e.SPIFFEID, 256))
 			continue
 		}
-		if len(e.Selectors) == 0 {
-			// No local process can ever match it: holding an SVID for it
-			// would only put a key for another identity on this node.
+		if !servable(e.Selectors) {
+			// No local process can ever match it (no selectors, or some
+			// this agent cannot attest): holding an SVID for it would
+			// only put a key for another identity on this node.
 			continue
 		}
 		if _, dup := next[id.String()]; dup || len(next) >= maxEntries {

@@ -16,6 +16,22 @@ const (
 // Selector is one attested property, e.g. {Type: "unix", Value: "uid:1000"}.
 type Selector struct{ Type, Value string }
 
+// AgentServable reports whether an agent can ever attest a caller as a
+// Workload with these selectors: some selectors, all of a type agents
+// attest (unix). Only such Workloads are handed to agents; the others
+// attest directly (join token, Kubernetes token).
+func AgentServable(sel []policy.AttestationSelector) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for _, s := range sel {
+		if s.Type != SelectorUnix {
+			return false
+		}
+	}
+	return true
+}
+
 // Matches reports whether every wanted selector is in have. Comparison is
 // exact (case-sensitive). An empty want never matches: a Workload without
 // selectors is never chosen by attestation.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,6 +43,19 @@ type X509SVIDRequest struct {
 	TTL time.Duration
 	// DNSNames are extra DNS SANs, only when the Workload declares them.
 	DNSNames []string
+	// Delegated marks an SVID issued to a node agent for one of its
+	// workloads (subject OU DelegatedOU): the node API renews only SVIDs
+	// their holder attested for directly; delegated ones come back
+	// through an agent, which is authorized again each time.
+	Delegated bool
+}
+
+// DelegatedOU is the subject organizational unit of delegated SVIDs.
+const DelegatedOU = "postern-delegated"
+
+// IsDelegated reports whether leaf was issued to an agent for a workload.
+func IsDelegated(leaf *x509.Certificate) bool {
+	return slices.Contains(leaf.Subject.OrganizationalUnit, DelegatedOU)
 }
 
 // X509SVID is an issued X.509-SVID.
@@ -85,8 +99,12 @@ func (c *CA) IssueX509SVID(ctx context.Context, req X509SVIDRequest) (*X509SVID,
 	if err := checkDNSNames(req.DNSNames); err != nil {
 		return nil, fmt.Errorf("ca: issue: %w", err)
 	}
+	subject := pkix.Name{Organization: []string{"SPIFFE"}}
+	if req.Delegated {
+		subject.OrganizationalUnit = []string{DelegatedOU}
+	}
 	certs, err := c.sign(leafRequest{
-		subject:  pkix.Name{Organization: []string{"SPIFFE"}},
+		subject:  subject,
 		id:       req.ID,
 		pub:      req.PublicKey,
 		ttl:      req.TTL,

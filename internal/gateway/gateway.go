@@ -576,17 +576,17 @@ func (w *gwWriter) WriteHeader(code int) {
 	if w.status != 0 {
 		return
 	}
-	if code < 200 {
-		w.ResponseWriter.WriteHeader(code)
-		return
-	}
-	w.status = code
 	h := w.ResponseWriter.Header()
 	for k := range h {
 		if hasPosternPrefix(k) {
 			delete(h, k)
 		}
 	}
+	if code < 200 {
+		w.ResponseWriter.WriteHeader(code) // 1xx headers go out too
+		return
+	}
+	w.status = code
 	if st := w.st; st.outFault && code >= 400 {
 		w.swallow = true
 		for k := range h {

@@ -185,6 +185,11 @@ func (h *Handler) mapK8s(e *policy.Engine, k *attest.K8sIdentity) (spiffeid.ID, 
 	if id.IsZero() {
 		return spiffeid.ID{}, errorf(http.StatusUnauthorized, CodeAttestationFailed, "the Kubernetes identity does not form a SPIFFE ID")
 	}
+	// The ns/<ns>/sa/<sa> default is only for a Workload that asks for
+	// nothing more: one with selectors gets exactly the pods they match.
+	if wl, ok := workloadFor(e, id); ok && len(wl.Selectors) > 0 {
+		return spiffeid.ID{}, errorf(http.StatusForbidden, CodeForbidden, "Workload %s has selectors this pod does not match", id)
+	}
 	return id, nil
 }
 

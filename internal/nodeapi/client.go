@@ -108,6 +108,20 @@ func (c *Client) newHTTPClient(roots *x509.CertPool) *http.Client {
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		RootCAs:    roots,
+		// Beyond the chain and the host name, the server must be the
+		// server: a workload's SVID can carry any DNS name, but no
+		// Workload may take an ID under /postern/. Join tokens and
+		// Kubernetes tokens go to nobody else.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("nodeapi: the server presented no certificate")
+			}
+			id, err := x509svid.IDFromCert(cs.PeerCertificates[0])
+			if err != nil || id.Path() != ServerPath {
+				return fmt.Errorf("nodeapi: the server's certificate is not the postern server's (want a SPIFFE ID ending in %s)", ServerPath)
+			}
+			return nil
+		},
 		GetClientCertificate: func(info *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if get == nil {
 				return &tls.Certificate{}, nil

@@ -40,7 +40,7 @@ func TestClientAgentFlow(t *testing.T) {
 	if err != nil {
 		t.Fatalf("workloads after attestation: %v", err)
 	}
-	if len(ws) != 3 {
+	if len(ws) != 2 { // db and web; mapped has only k8s selectors, which agents do not attest
 		t.Errorf("%d workloads", len(ws))
 	}
 	svids, err := c.X509SVIDs(ctx, []X509SVIDRequest{{SPIFFEID: webID, CSR: csrFor(t, newKey(t))}})
@@ -109,9 +109,17 @@ func TestClientSetRoots(t *testing.T) {
 // fakeServer answers every request with fn, over TLS from a test CA.
 func fakeServer(t *testing.T, fn http.HandlerFunc) *Client {
 	t.Helper()
+	return fakeServerWith(t, fn, func(tca *testca.CA) tls.Certificate {
+		return tca.ServerSVID(t, "spiffe://example.org/postern/server")
+	})
+}
+
+// fakeServerWith serves fn with the certificate cert makes.
+func fakeServerWith(t *testing.T, fn http.HandlerFunc, cert func(*testca.CA) tls.Certificate) *Client {
+	t.Helper()
 	tca := testca.New(t, "example.org")
 	srv := httptest.NewUnstartedServer(fn)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{tca.ServerCert(t)}}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert(tca)}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	c, err := NewClient(ClientConfig{ServerURL: srv.URL, Roots: tca.Pool()})
@@ -120,6 +128,28 @@ func fakeServer(t *testing.T, fn http.HandlerFunc) *Client {
 	}
 	t.Cleanup(c.CloseIdleConnections)
 	return c
+}
+
+// TestClientPinsServer: a server whose certificate chains to the bundle and
+// names the right host is still refused unless it is the postern server's
+// SVID: a workload's SVID may carry any DNS name, and join or Kubernetes
+// tokens must go to nobody else.
+func TestClientPinsServer(t *testing.T) {
+	hit := false
+	fn := func(w http.ResponseWriter, r *http.Request) { hit = true }
+	for name, cert := range map[string]func(*testca.CA) tls.Certificate{
+		"plain serving certificate": func(tca *testca.CA) tls.Certificate { return tca.ServerCert(t) },
+		"a workload's SVID":         func(tca *testca.CA) tls.Certificate { return tca.ServerSVID(t, "spiffe://example.org/ns/shop/sa/web") },
+	} {
+		c := fakeServerWith(t, fn, cert)
+		_, err := c.Attest(context.Background(), MethodJoinToken, "the-token", RoleAgent, csrFor(t, newKey(t)))
+		if err == nil || !strings.Contains(err.Error(), "not the postern server's") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if hit {
+		t.Error("a request reached a server that is not the postern server")
+	}
 }
 
 func TestClientResponses(t *testing.T) {

@@ -30,6 +30,10 @@ import (
 // identity under it may ask for other workloads' SVIDs.
 const AgentPathPrefix = "/postern/agent/"
 
+// ServerPath is the path of the postern server's own SPIFFE ID, which its
+// serving certificate carries; clients of the node API require it.
+const ServerPath = "/postern/server"
+
 // DefaultJWTSVIDTTL is the lifetime of a JWT-SVID.
 const DefaultJWTSVIDTTL = 5 * time.Minute
 
@@ -432,6 +436,12 @@ func (h *Handler) renew(w http.ResponseWriter, r *http.Request, rec *record) (an
 		return nil, aerr
 	}
 	rec.ids = []string{id.String()}
+	if ca.IsDelegated(r.TLS.PeerCertificates[0]) {
+		// Obtained through an agent: it comes back through an agent,
+		// authorized again (the Workload's agents and selectors may
+		// have changed since).
+		return nil, errorf(http.StatusForbidden, CodeForbidden, "%s was obtained through a node agent; only an agent may renew it (x509svids)", id)
+	}
 	var body renewRequest
 	if aerr := decodeBody(w, r, &body); aerr != nil {
 		return nil, aerr
@@ -470,7 +480,7 @@ func (h *Handler) workloads(w http.ResponseWriter, r *http.Request, rec *record)
 	}
 	out := workloadsResponse{Workloads: []workloadBody{}}
 	for _, wl := range e.Workloads() {
-		if !wl.AllowsAgent(id.String()) || len(wl.Selectors) == 0 {
+		if !wl.AllowsAgent(id.String()) || !attest.AgentServable(wl.Selectors) {
 			continue
 		}
 		ttl := wl.SVIDTTL
@@ -524,11 +534,12 @@ func (h *Handler) allowed(e *policy.Engine, agent spiffeid.ID, rawID string) (sp
 	if !wl.AllowsAgent(agent.String()) {
 		return id, nil, errorf(http.StatusForbidden, CodeForbidden, "Workload %s does not allow agent %s", id, agent)
 	}
-	if len(wl.Selectors) == 0 {
+	if !attest.AgentServable(wl.Selectors) {
 		// No local process can be attested as it, so no honest agent asks:
-		// refusing keeps one compromised agent from minting every such
-		// identity. Such workloads attest directly (join token, Kubernetes).
-		return id, nil, errorf(http.StatusForbidden, CodeForbidden, "Workload %s has no selectors: no agent may obtain its SVIDs", id)
+		// refusing keeps one compromised agent (or any pod that attests as
+		// an agent) from minting every such identity. Such workloads
+		// attest directly (join token, Kubernetes).
+		return id, nil, errorf(http.StatusForbidden, CodeForbidden, "Workload %s has no selectors an agent attests (unix): no agent may obtain its SVIDs", id)
 	}
 	return id, wl, nil
 }
@@ -574,6 +585,7 @@ func (h *Handler) x509SVIDs(w http.ResponseWriter, r *http.Request, rec *record)
 	}
 	out := x509SVIDsResponse{SVIDs: make([]svidBody, 0, len(items))}
 	for _, it := range items {
+		it.req.Delegated = true
 		b, aerr := h.issue(r.Context(), it.req, it.id, it.w)
 		if aerr != nil {
 			return nil, aerr

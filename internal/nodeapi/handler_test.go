@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"postern.dev/postern/internal/ca"
 	"postern.dev/postern/internal/policy"
 	"postern.dev/postern/internal/testca"
 	"postern.dev/postern/internal/token"
@@ -96,7 +97,10 @@ func TestAttest(t *testing.T) {
 		{name: "k8s agent", method: MethodK8sPSAT, token: func() string { return "pod-agent" }, role: RoleAgent, id: "spiffe://example.org/postern/agent/k8s/postern/agent/node-7", ttl: time.Hour},
 		{name: "k8s agent without node", method: MethodK8sPSAT, token: func() string { return "pod-no-node" }, role: RoleAgent, status: 401, code: CodeAttestationFailed},
 		{name: "k8s workload mapped by selectors", method: MethodK8sPSAT, token: func() string { return "pod-prod-api" }, role: RoleWorkload, id: mappedID, ttl: time.Hour},
-		{name: "k8s workload ns/sa", method: MethodK8sPSAT, token: func() string { return "pod-shop-db" }, role: RoleWorkload, id: dbID, ttl: time.Hour},
+		// db is at ns/shop/sa/db but asks for unix selectors: the
+		// ns/sa default is only for Workloads without selectors.
+		{name: "k8s workload ns/sa of a Workload with selectors", method: MethodK8sPSAT, token: func() string { return "pod-shop-db" }, role: RoleWorkload, status: 403, code: CodeForbidden},
+		{name: "k8s workload ns/sa", method: MethodK8sPSAT, token: func() string { return "pod-shop-bare" }, role: RoleWorkload, id: "spiffe://example.org/ns/shop/sa/bare", ttl: time.Hour},
 		{name: "k8s workload unknown", method: MethodK8sPSAT, token: func() string { return "pod-shop-other" }, role: RoleWorkload, status: 403, code: CodeForbidden},
 		{name: "k8s token refused", method: MethodK8sPSAT, token: func() string { return "forged" }, role: RoleWorkload, status: 401, code: CodeAttestationFailed},
 		{name: "k8s issuer down", method: MethodK8sPSAT, token: func() string { return "down" }, role: RoleWorkload, status: 503, code: CodeUnavailable},
@@ -211,6 +215,24 @@ func TestRenew(t *testing.T) {
 	_, err = agent.c.Renew(ctx, badSigCSR(t))
 	wantErr(t, err, 400, CodeInvalidRequest)
 
+	// An SVID an agent obtained for a workload is renewed through an
+	// agent only: its holder cannot keep it alive after the Workload stops
+	// allowing that agent.
+	dbKey := newKey(t)
+	got, err := agent.c.X509SVIDs(ctx, []X509SVIDRequest{{SPIFFEID: dbID, CSR: csrFor(t, dbKey)}})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("x509svids for db: %v", err)
+	}
+	if !ca.IsDelegated(got[0].Certificates[0]) {
+		t.Error("an SVID issued through an agent is not marked delegated")
+	}
+	if ca.IsDelegated(s.Certificates[0]) {
+		t.Error("a directly attested SVID is marked delegated")
+	}
+	db := e.client(t, tlsCert(got[0].Certificates, dbKey))
+	_, err = db.Renew(ctx, csrFor(t, newKey(t)))
+	wantErr(t, err, 403, CodeForbidden)
+
 	// A deleted Workload stops renewing; agents go on.
 	e.engine.Store(compilePolicy(t, "apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: db}\nspec: {spiffeID: \"spiffe://example.org/ns/shop/sa/db\"}\n"))
 	_, err = web.c.Renew(ctx, csrFor(t, newKey(t)))
@@ -286,7 +308,8 @@ func TestWorkloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := ids(ws); !slices.Equal(got, []string{dbID, mappedID, webID}) {
+	// mapped has only k8s selectors: no agent can ever serve it.
+	if got := ids(ws); !slices.Equal(got, []string{dbID, webID}) {
 		t.Errorf("agent A sees %v", got)
 	}
 	for _, w := range ws {
@@ -306,9 +329,12 @@ func TestWorkloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := ids(ws); !slices.Equal(got, []string{dbID, mappedID}) {
+	if got := ids(ws); !slices.Equal(got, []string{dbID}) {
 		t.Errorf("agent B sees %v (web allows only agent A)", got)
 	}
+	// Nor may an agent obtain its SVIDs.
+	_, err = e.client(t, e.svid(t, agentA)).X509SVIDs(ctx, []X509SVIDRequest{{SPIFFEID: mappedID, CSR: csrFor(t, newKey(t))}})
+	wantErr(t, err, 403, CodeForbidden)
 	_, err = e.client(t, e.svid(t, webID)).Workloads(ctx)
 	wantErr(t, err, 403, CodeForbidden)
 	_, err = e.client(t, nil).Workloads(ctx)

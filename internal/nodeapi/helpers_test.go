@@ -265,6 +265,7 @@ func newEnv(t testing.TB) *env {
 			"pod-prod-api":   {Namespace: "prod", ServiceAccount: "api", PodName: "api-1", PodUID: "u1", NodeName: "n1"},
 			"pod-shop-db":    {Namespace: "shop", ServiceAccount: "db", PodName: "db-1", PodUID: "u2", NodeName: "n1"},
 			"pod-shop-other": {Namespace: "shop", ServiceAccount: "other", PodName: "o-1", PodUID: "u3", NodeName: "n1"},
+			"pod-shop-bare":  {Namespace: "shop", ServiceAccount: "bare", PodName: "b-1", PodUID: "u6", NodeName: "n1"},
 			"pod-agent":      {Namespace: "postern", ServiceAccount: "agent", PodName: "agent-x", PodUID: "u4", NodeName: "node-7"},
 			"pod-no-node":    {Namespace: "postern", ServiceAccount: "agent", PodName: "agent-y", PodUID: "u5"},
 		},

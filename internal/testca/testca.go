@@ -116,6 +116,20 @@ func (ca *CA) ServerCert(tb testing.TB) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
 }
 
+// ServerSVID issues a serving certificate for 127.0.0.1 and localhost that
+// is also the X.509-SVID of id (a postern server's is
+// spiffe://<td>/postern/server).
+func (ca *CA) ServerSVID(tb testing.TB, id string) tls.Certificate {
+	tb.Helper()
+	key := NewKey(tb)
+	cert := ca.sign(tb, key.Public(), &x509.Certificate{
+		URIs:        []*url.URL{spiffeid.RequireFromString(id).URL()},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	})
+	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
+}
+
 func (ca *CA) sign(tb testing.TB, pub crypto.PublicKey, tmpl *x509.Certificate) *x509.Certificate {
 	tb.Helper()
 	tmpl.SerialNumber = serial(tb)
