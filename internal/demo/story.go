@@ -347,13 +347,7 @@ func (st *story) revoked6(ctx context.Context, s *step) {
 	}
 	tok := *p
 	present := func() (int, problemBody, error) {
-		c := d.mtlsClient(OrderProcessing, Inventory)
-		defer c.CloseIdleConnections()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+d.sidecars[Inventory].InboundAddr().String()+"/items/42/reserve", strings.NewReader("{}"))
-		req.Header.Set("Authorization", "Bearer "+tok)
-		status, body, err := do(c, req)
-		var pb problemBody
-		_ = json.Unmarshal(body, &pb)
+		status, _, pb, err := d.present(ctx, OrderProcessing, Inventory, "/items/42/reserve", tok)
 		return status, pb, err
 	}
 	status, _, err := present()
@@ -454,23 +448,29 @@ func (st *story) forge() (string, error) {
 // refused presents tok to target's sidecar as holder's certificate and
 // expects 401 with reason; key prefixes the evidence keys.
 func (st *story) refused(ctx context.Context, s *step, key, label, holder, target, path, tok, reason string) {
-	d := st.d
-	c := d.mtlsClient(holder, target)
-	defer c.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+d.sidecars[target].InboundAddr().String()+path, strings.NewReader("{}"))
-	req.Header.Set("Authorization", "Bearer "+tok)
-	status, body, err := do(c, req)
+	status, body, p, err := st.d.present(ctx, holder, target, path, tok)
 	if err != nil {
 		s.expect(false, "%s: %v", label, err)
 		return
 	}
-	var p problemBody
-	_ = json.Unmarshal(body, &p)
 	s.fact(key+"_status", label, status)
 	s.fact(key+"_reason", "reason", p.Reason)
 	s.fact(key+"_decision_id", "sidecar decision", p.DecisionID)
 	s.expect(status == http.StatusUnauthorized, "%s: %d, want 401: %s", label, status, clip(body))
 	s.expect(strings.HasPrefix(p.Reason, reason), "%s: reason %q, want %q", label, p.Reason, reason)
+}
+
+// present POSTs to target's sidecar with tok as holder (mutual TLS with
+// holder's SVID) and returns the status, the body and its problem fields.
+func (d *Demo) present(ctx context.Context, holder, target, path, tok string) (int, []byte, problemBody, error) {
+	c := d.mtlsClient(holder, target)
+	defer c.CloseIdleConnections()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+d.sidecars[target].InboundAddr().String()+path, strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	status, body, err := do(c, req)
+	var p problemBody
+	_ = json.Unmarshal(body, &p)
+	return status, body, p, err
 }
 
 // mtlsClient presents holder's SVID and accepts only target's.

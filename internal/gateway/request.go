@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"postern.dev/postern/internal/proxy"
 	"strings"
 )
 
@@ -83,29 +84,9 @@ func safeReason(s string) string {
 	return s
 }
 
-// hasPosternPrefix reports whether a header name starts with X-Postern-,
-// in any case, with "_" counting as "-": CGI-style servers (WSGI, Rack,
-// PHP) read X-Postern_Claims and X-Postern-Claims as the same
-// HTTP_X_POSTERN_CLAIMS, so a caller must not be able to slip one past us.
-func hasPosternPrefix(k string) bool {
-	const p = "x-postern-"
-	if len(k) < len(p) {
-		return false
-	}
-	for i := 0; i < len(p); i++ {
-		c := k[i]
-		switch {
-		case c == '_':
-			c = '-'
-		case 'A' <= c && c <= 'Z':
-			c += 'a' - 'A'
-		}
-		if c != p[i] {
-			return false
-		}
-	}
-	return true
-}
+// hasPosternPrefix reports whether a header name is one of Postern's
+// identity headers (X-Postern-*, in any case, "_" for "-").
+func hasPosternPrefix(k string) bool { return proxy.IsPosternHeader(k) }
 
 // forwardHeader copies h without X-Postern-* headers and Authorization.
 func forwardHeader(h http.Header) http.Header {

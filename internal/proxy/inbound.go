@@ -421,6 +421,11 @@ func stripPostern(h http.Header) {
 	}
 }
 
+// IsPosternHeader reports whether name is one of Postern's identity
+// headers, which only a sidecar (or the gateway) may set: see
+// hasPosternPrefix.
+func IsPosternHeader(name string) bool { return hasPosternPrefix(name) }
+
 // hasPosternPrefix reports whether a header name starts with X-Postern-,
 // in any case, with "_" counting as "-": CGI-style servers (WSGI, Rack,
 // PHP) read X-Postern_Claims and X-Postern-Claims as the same
