@@ -4,8 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"postern.dev/postern/internal/proxy"
 	"strings"
+
+	"postern.dev/postern/internal/proxy"
 )
 
 // maxDescription bounds an error description sent to users.
