@@ -1,11 +1,14 @@
 package gateway
 
 import (
+	"context"
 	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +68,43 @@ func TestGatewayForwards(t *testing.T) {
 	}
 	if n := h.sts.calls.Load(); n != 1 {
 		t.Errorf("%d STS calls for one user and one audience, want 1 (cached)", n)
+	}
+}
+
+// TestGatewayInformationalHeaders: X-Postern-* headers of an upstream's
+// 1xx response (103 Early Hints) do not reach the user either.
+func TestGatewayInformationalHeaders(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	user := h.idp.token(t, h.clock.Now(), "alice", "orders:read orders:write", nil)
+	var hints []http.Header
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+		hints = append(hints, http.Header(hdr).Clone())
+		return nil
+	}}
+	// POST: it reaches the upstream through the transport that relays 1xx.
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "POST", h.base+"/orders/42/early-hints", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+user)
+	resp, err := h.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if len(hints) == 0 {
+		t.Skip("no 1xx response reached the client; nothing to check")
+	}
+	for _, hdr := range hints {
+		for k := range hdr {
+			if strings.HasPrefix(strings.ToLower(k), "x-postern-") {
+				t.Errorf("1xx header %s reached the user", k)
+			}
+		}
 	}
 }
 

@@ -274,6 +274,12 @@ func newUpstream(t testing.TB, ca *testca.CA, id string) *upstream {
 		u.mu.Lock()
 		u.seen, u.n = c, u.n+1
 		u.mu.Unlock()
+		if strings.HasSuffix(r.URL.Path, "/early-hints") {
+			w.Header().Set("Link", "</a.css>; rel=preload")
+			w.Header().Set("X-Postern-Peer", "leak")
+			w.WriteHeader(http.StatusEarlyHints)
+			w.Header().Del("Link")
+		}
 		w.Header().Set("X-Postern-Claims", "leak")
 		_, _ = io.WriteString(w, "ok")
 	}))
