@@ -54,6 +54,11 @@ func (a *Agent) refreshFederated(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: federated bundle of %s: %w", name, err)
 		}
+		if b.Empty() {
+			// Never trade the bundle held for one that trusts nothing
+			// (the server refuses such bundles too).
+			return fmt.Errorf("agent: federated bundle of %s has no authorities", name)
+		}
 		fb, err := encodeFederated(b)
 		if err != nil {
 			return err

@@ -207,6 +207,7 @@ func TestFederatedBundlesRefused(t *testing.T) {
 		{"partner.example": []byte(`{"keys": 1}`)},
 		{"partner.example": good, "Bad..Name": good},
 		{"partner.example": append([]byte(`{"keys": [], "x": "`), make([]byte, maxBundleFile)...)},
+		{"partner.example": []byte(`{"keys": []}`)}, // trusts nothing
 	} {
 		fs.setFederated(bad, nil)
 		h.clock.Add(31 * time.Second)

@@ -74,6 +74,22 @@ func (s *fakeStore) PutSigningKey(_ context.Context, k store.SigningKey) error {
 	return nil
 }
 
+func (s *fakeStore) RetireSigningKey(_ context.Context, id string, retireAt, expireAt time.Time) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return false, s.err
+	}
+	k, ok := s.keys[id]
+	if !ok || !k.ExpireAt.IsZero() {
+		return false, nil
+	}
+	k.RetireAt, k.ExpireAt = retireAt, expireAt
+	s.keys[id] = k
+	s.writes++
+	return true, nil
+}
+
 func (s *fakeStore) DeleteSigningKey(_ context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

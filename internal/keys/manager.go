@@ -36,6 +36,9 @@ type Store interface {
 	PutSigningKey(ctx context.Context, k store.SigningKey) error
 	// DeleteSigningKey removes a key; a missing key is not an error.
 	DeleteSigningKey(ctx context.Context, id string) error
+	// RetireSigningKey sets a stored key's retirement and expiry unless
+	// it has an expiry already or is gone (revoked by another replica).
+	RetireSigningKey(ctx context.Context, id string, retireAt, expireAt time.Time) (bool, error)
 }
 
 var _ Store = store.Store(nil)
@@ -306,7 +309,7 @@ func (m *Manager) tick(ctx context.Context) error {
 		if r.rec.RetireAt.IsZero() || r.rec.ExpireAt.IsZero() {
 			rec := r.rec
 			rec.RetireAt, rec.ExpireAt = r.retireAt, r.expireAt
-			w.put(rec, "retiring")
+			w.retire(rec)
 		}
 	}
 	for _, r := range slices.Concat(v.expired, v.extra) {
@@ -376,6 +379,20 @@ func (w *writer) put(rec store.SigningKey, what string) bool {
 	}
 	w.record(rec.ID, &rec)
 	return true
+}
+
+// retire records a key's retirement, conditionally: what this replica read
+// may be older than a revocation by another, which must win.
+func (w *writer) retire(rec store.SigningKey) {
+	ok, err := w.m.store.RetireSigningKey(w.ctx, rec.ID, rec.RetireAt, rec.ExpireAt)
+	w.tried = true
+	switch {
+	case err != nil:
+		w.errs = append(w.errs, fmt.Errorf("keys: retiring key %s: %w", rec.ID, err))
+	case ok:
+		w.record(rec.ID, &rec)
+	}
+	// !ok: revoked or retired meanwhile; reload shows what the store holds.
 }
 
 // del deletes a key.

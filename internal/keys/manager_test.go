@@ -801,3 +801,46 @@ func BenchmarkRefresh(b *testing.B) {
 		}
 	}
 }
+
+// TestRevokeNotUndoneByStaleReplica: a replica whose tick read the keys
+// before another replica revoked them (rotate --revoke-old) must not write
+// the revoked key back while recording its retirement.
+func TestRevokeNotUndoneByStaleReplica(t *testing.T) {
+	ctx := context.Background()
+	st := newFakeStore()
+	kek := newTestKEK(t)
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := func() time.Time { return now }
+	m1, err := NewManager(ctx, Config{Store: st, KEK: kek, Now: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := NewManager(ctx, Config{Store: st, KEK: kek, Now: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := m1.Current().ID
+	now = now.Add(25 * time.Hour) // the next key activates; old retires, its retirement not yet stored
+	st.mu.Lock()
+	snap := st.snapshotLocked()
+	st.mu.Unlock()
+	if err := m1.Rotate(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m1.PublicKey(old); ok {
+		t.Fatal("the revoked key is still published on the replica that revoked it")
+	}
+	st.mu.Lock()
+	st.stale = [][]store.SigningKey{snap} // m2 read before the revocation
+	st.mu.Unlock()
+	_ = m2.tick(ctx)
+	if err := m1.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.get(old); ok {
+		t.Errorf("the revoked key %s is back in the store", old)
+	}
+	if _, ok := m1.PublicKey(old); ok {
+		t.Errorf("the revoked key %s is published again", old)
+	}
+}

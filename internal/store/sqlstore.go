@@ -153,6 +153,24 @@ ON CONFLICT (id) DO UPDATE SET
 	return nil
 }
 
+// RetireSigningKey sets retire_at and expire_at of a stored key that has
+// no expire_at yet; a conditional UPDATE, so a replica that read the key
+// before another revoked it cannot bring it back.
+func (s *sqlStore) RetireSigningKey(ctx context.Context, id string, retireAt, expireAt time.Time) (bool, error) {
+	var a args
+	a.text("id", id, true)
+	a.time("retire at", retireAt)
+	a.time("expire at", expireAt)
+	if retireAt.IsZero() || expireAt.IsZero() {
+		return false, errors.New("store: retire signing key: both times are required")
+	}
+	n, err := s.exec(ctx, `UPDATE signing_keys SET retire_at = $2, expire_at = $3 WHERE id = $1 AND expire_at IS NULL`, &a)
+	if err != nil {
+		return false, fmt.Errorf("store: retire signing key: %w", err)
+	}
+	return n == 1, nil
+}
+
 // DeleteSigningKey removes the key; deleting a missing key is not an error.
 func (s *sqlStore) DeleteSigningKey(ctx context.Context, id string) error {
 	var a args

@@ -31,6 +31,10 @@ type Store interface {
 	PutSigningKey(ctx context.Context, k SigningKey) error
 	// DeleteSigningKey removes the key; deleting a missing key is not an error.
 	DeleteSigningKey(ctx context.Context, id string) error
+	// RetireSigningKey sets the key's RetireAt and ExpireAt only if it is
+	// stored and has no ExpireAt yet, and reports whether it did: a key
+	// another replica has revoked (deleted) or retired stays as it is.
+	RetireSigningKey(ctx context.Context, id string, retireAt, expireAt time.Time) (bool, error)
 
 	// Authorities returns every stored CA authority, oldest first.
 	Authorities(ctx context.Context) ([]Authority, error)

@@ -168,6 +168,24 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		got, err = s.SigningKeys(ctx)
 		mustNil(t, err)
 		equal(t, "after rejected puts", len(got), 2)
+
+		// RetireSigningKey writes only a stored key without an expiry: a
+		// replica's stale read cannot undo another's revocation.
+		ok, err := s.RetireSigningKey(ctx, "k0", base.Add(time.Hour), base.Add(2*time.Hour))
+		mustNil(t, err)
+		equal(t, "retire a key without expiry", ok, true)
+		ok, err = s.RetireSigningKey(ctx, "k0", base.Add(5*time.Hour), base.Add(6*time.Hour))
+		mustNil(t, err)
+		equal(t, "retire a retired key", ok, false)
+		ok, err = s.RetireSigningKey(ctx, "gone", base.Add(time.Hour), base.Add(2*time.Hour))
+		mustNil(t, err)
+		equal(t, "retire a deleted key", ok, false)
+		_, err = s.RetireSigningKey(ctx, "k0", time.Time{}, base)
+		wantErr(t, err, "store: retire signing key: both times are required")
+		got, err = s.SigningKeys(ctx)
+		mustNil(t, err)
+		k0.RetireAt, k0.ExpireAt = base.Add(time.Hour), base.Add(2*time.Hour)
+		equal(t, "after retirements", got, mapSlice([]SigningKey{k0, k1}, utcKey))
 	})
 
 	t.Run("Authorities", func(t *testing.T) {
