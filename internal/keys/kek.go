@@ -259,6 +259,39 @@ func isBase64Text(b []byte) bool {
 	return true
 }
 
+// writeNewFile creates path with data (mode 0600) unless it exists
+// (fs.ErrExist): through a synced temporary file and a hard link, so path
+// never holds partial data.
+func writeNewFile(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".kek-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		return err // fs.ErrExist when another process won
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync() // the new name survives a crash
+		d.Close()
+	}
+	return nil
+}
+
 // devKEK loads or creates the development key <dir>/kek.
 func devKEK(dir string, log *slog.Logger) (*KEK, error) {
 	path := filepath.Join(dir, devKEKFile)
@@ -268,18 +301,12 @@ func devKEK(dir string, log *slog.Logger) (*KEK, error) {
 	key := make([]byte, kekSize)
 	defer clear(key)
 	rand.Read(key)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Written in full and synced under a temporary name, then linked into
+	// place: a crash never leaves a half-written key, and of two processes
+	// starting at once one creates the key and the other reads it.
+	err := writeNewFile(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"))
 	switch {
 	case err == nil:
-		text := base64.StdEncoding.EncodeToString(key) + "\n"
-		_, werr := f.WriteString(text)
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			os.Remove(path)
-			return nil, fmt.Errorf("keys: writing development key-encryption key: %w", werr)
-		}
 		log.Warn("keys: generated a development key-encryption key in the data directory; configure a key file or environment variable for production", "path", path)
 		return NewKEK(key)
 	case errors.Is(err, fs.ErrExist):

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -327,4 +328,39 @@ func FuzzOpen(f *testing.F) {
 			t.Fatal("plaintext length")
 		}
 	})
+}
+
+// TestLoadKEKDevDefaultConcurrent: processes starting together on a new
+// data directory agree on one development key, and no temporary file is
+// left behind.
+func TestLoadKEKDevDefaultConcurrent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	const n = 8
+	ids := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k, err := LoadKEK(KEKConfig{DataDir: dir, Logger: slog.New(slog.DiscardHandler)})
+			errs[i] = err
+			if err == nil {
+				ids[i] = k.ID()
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || ids[i] != ids[0] {
+			t.Fatalf("loader %d: id %q, error %v; loader 0: %q", i, ids[i], errs[i], ids[0])
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "kek" {
+		t.Errorf("data directory holds %v, want only kek", entries)
+	}
 }
