@@ -104,11 +104,41 @@ func writeSVID(dir string, svid *ca.X509SVID, key *ecdsa.PrivateKey, bundle []by
 		{"bundle.pem", bundle, 0o644},
 	}
 	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+		if err := replaceFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
 	fmt.Fprintf(e.stdout, "wrote %s (expires %s), svid.key and bundle.pem to %s\n", "svid.pem", svid.NotAfter.UTC().Format(time.RFC3339), dir)
+	return nil
+}
+
+// replaceFile writes data to path with exactly mode, whatever was there:
+// through a temporary file in the same directory, renamed into place, so
+// an existing file's looser mode or a symlink planted at path is replaced
+// rather than written through, and a reader never sees half a file.
+func replaceFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
 	return nil
 }
 

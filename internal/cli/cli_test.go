@@ -140,6 +140,30 @@ func TestCAIssueAndOperatorCommands(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Join(out, "svid.key")); fi.Mode().Perm() != 0o600 {
 		t.Errorf("svid.key mode %v", fi.Mode().Perm())
 	}
+	// Issuing again over a key file left world-readable, or a symlink
+	// planted in its place, still yields a private 0600 key file.
+	if err := os.Chmod(filepath.Join(out, "svid.key"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := filepath.Join(dir, "elsewhere")
+	if err := os.WriteFile(elsewhere, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(out, "bundle.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, filepath.Join(out, "bundle.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if code, stdout, errs := run(t, "", "ca", "issue", "--config", cfgPath, "--spiffe-id", id, "--out", out); code != 0 {
+		t.Fatalf("ca issue again: %d %s %s", code, stdout, errs)
+	}
+	if fi, _ := os.Stat(filepath.Join(out, "svid.key")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("svid.key mode %v after issuing over a 0644 file", fi.Mode().Perm())
+	}
+	if b, _ := os.ReadFile(elsewhere); len(b) != 0 {
+		t.Error("issuing wrote through a symlink planted at bundle.pem")
+	}
 	// Offline commands need only the data dir once it exists.
 	data := filepath.Join(dir, "data")
 	if code, _, errs := run(t, "", "ca", "issue", "--data-dir", data, "--spiffe-id", "spiffe://other.test/x", "--out", out); code != 1 || !strings.Contains(errs, "not in trust domain") {

@@ -288,19 +288,26 @@ var privateKeyAlgs, _ = token.ParseAlgorithms([]string{"ES256", "ES384", "EdDSA"
 // secretCache holds client-secret hashes in memory. A client unknown to it
 // reloads the set from the store, at most once per refresh interval.
 type secretCache struct {
-	store Store
-	now   func() time.Time
-	m     atomic.Pointer[map[string]store.ClientSecret]
-	mu    sync.Mutex
-	last  time.Time
+	store  Store
+	now    func() time.Time
+	m      atomic.Pointer[map[string]store.ClientSecret]
+	loaded atomic.Int64 // UnixNano of the last successful load
+	mu     sync.Mutex
+	last   time.Time
 }
 
 func newSecretCache(st Store, now func() time.Time) *secretCache {
 	return &secretCache{store: st, now: now}
 }
 
+// secretMaxAge is how old the cached secrets may be when a client
+// authenticates: a secret replaced or removed in the store stops working
+// within it even on a replica that nobody told (Service.Run also reloads
+// every 10 seconds).
+const secretMaxAge = 30 * time.Second
+
 func (c *secretCache) lookup(id string) ([]byte, bool) {
-	if m := c.m.Load(); m != nil {
+	if m := c.m.Load(); m != nil && c.now().Sub(time.Unix(0, c.loaded.Load())) <= secretMaxAge {
 		if s, ok := (*m)[id]; ok && (s.ExpiresAt.IsZero() || c.now().Before(s.ExpiresAt)) {
 			return s.Hash, true
 		}
@@ -337,6 +344,7 @@ func (c *secretCache) reload() bool {
 		m[s.ClientID] = s
 	}
 	c.m.Store(&m)
+	c.loaded.Store(now.UnixNano())
 	return true
 }
 

@@ -238,6 +238,9 @@ func (s *Service) Run(ctx context.Context) {
 		if err := s.LoadRevocations(ctx); err != nil && ctx.Err() == nil {
 			s.cfg.Logger.Warn("could not refresh revocations; keeping the ones in memory", slog.String("error", err.Error()))
 		}
+		// A secret replaced or removed (on this replica or another) must
+		// stop working without waiting for someone to present a new one.
+		s.secrets.reload()
 		select {
 		case <-ctx.Done():
 			return

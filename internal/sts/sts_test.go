@@ -766,3 +766,23 @@ func TestMayActEveryGrant(t *testing.T) {
 		}
 	}
 }
+
+// TestReplacedSecretStopsWorking: once the store holds a new secret for a
+// client (postern server client-secret), the old one stops working within
+// the cache's maximum age, although it still matches the cached hash.
+func TestReplacedSecretStopsWorking(t *testing.T) {
+	h := newHarness(t)
+	h.store.secrets = []storeSecret{secretFor(h, batchID, "old")}
+	f := url.Values{"grant_type": {GrantClientCredentials}, "audience": {"inventory-api"}, "scope": {"stock:read"}}
+	if r := h.post(PathToken, f, basic(batchID, "old")); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.raw)
+	}
+	h.store.secrets = []storeSecret{secretFor(h, batchID, "new")}
+	h.now = h.now.Add(secretMaxAge + time.Second)
+	if r := h.post(PathToken, f, basic(batchID, "old")); r.status != 401 {
+		t.Errorf("the replaced secret: %d %s", r.status, r.raw)
+	}
+	if r := h.post(PathToken, f, basic(batchID, "new")); r.status != 200 {
+		t.Errorf("the new secret: %d %s", r.status, r.raw)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -133,6 +134,27 @@ type remoteState struct {
 	expires time.Time
 }
 
+// fetchableURL accepts https URLs, and http ones for loopback hosts only:
+// anyone on the path of a plain HTTP fetch could hand out signing keys.
+func fetchableURL(s string) bool {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.User != nil {
+		return false
+	}
+	switch u.Scheme {
+	case "https":
+		return true
+	case "http":
+		h := u.Hostname()
+		if h == "localhost" {
+			return true
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && ip.IsLoopback()
+	}
+	return false
+}
+
 // NewRemoteKeySet returns a RemoteKeySet; it fetches nothing until first used
 // or refreshed.
 func NewRemoteKeySet(cfg RemoteConfig) (*RemoteKeySet, error) {
@@ -143,9 +165,8 @@ func NewRemoteKeySet(cfg RemoteConfig) (*RemoteKeySet, error) {
 		if u == "" {
 			continue
 		}
-		pu, err := url.Parse(u)
-		if err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
-			return nil, fmt.Errorf("token: %q is not an http(s) URL", u)
+		if !fetchableURL(u) {
+			return nil, fmt.Errorf("token: %q is not an https URL (http only for a loopback host)", u)
 		}
 	}
 	if cfg.HTTPClient == nil {
@@ -366,9 +387,10 @@ func (r *RemoteKeySet) discover(ctx context.Context) (string, error) {
 		if doc.Issuer != r.cfg.DiscoveryIssuer {
 			return "", fmt.Errorf("discovery document names issuer %q, want %q", doc.Issuer, r.cfg.DiscoveryIssuer)
 		}
-		u, err := url.Parse(doc.JWKSURI)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return "", fmt.Errorf("discovery document has no usable jwks_uri")
+		// Keys are the issuer's trust: they come over TLS, whatever the
+		// discovery document says (http only on loopback, for tests).
+		if !fetchableURL(doc.JWKSURI) || strings.HasPrefix(r.cfg.DiscoveryIssuer, "https:") && !strings.HasPrefix(doc.JWKSURI, "https:") {
+			return "", fmt.Errorf("discovery document has no usable jwks_uri (want https; http only for a loopback issuer)")
 		}
 		return doc.JWKSURI, nil
 	}

@@ -2,6 +2,9 @@ package token
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -594,5 +597,47 @@ func TestRemoteKeySetRefusesPrivateKeys(t *testing.T) {
 	r := newRemote(t, RemoteConfig{JWKSURI: f.URL + "/jwks"})
 	if _, err := r.Key(context.Background(), "k1"); !errors.Is(err, ErrKeysUnavailable) {
 		t.Fatalf("Key = %v, want ErrKeysUnavailable", err)
+	}
+}
+
+// TestRemoteKeySetRefusesPlainHTTP: signing keys are fetched over TLS: a
+// plain http URL is refused unless it is on loopback, and an https
+// issuer's discovery document cannot send the fetch to plain http.
+func TestRemoteKeySetRefusesPlainHTTP(t *testing.T) {
+	for _, cfg := range []RemoteConfig{
+		{JWKSURI: "http://keys.example.com/jwks"},
+		{DiscoveryIssuer: "http://idp.example.com"},
+		{JWKSURI: "ftp://keys.example.com/jwks"},
+		{JWKSURI: "https://user:pw@keys.example.com/jwks"},
+	} {
+		if _, err := NewRemoteKeySet(cfg); err == nil {
+			t.Errorf("NewRemoteKeySet(%+v) accepted", cfg)
+		}
+	}
+	for _, u := range []string{"https://keys.example.com/jwks", "http://127.0.0.1:8080/jwks", "http://localhost/jwks", "http://[::1]:1/jwks"} {
+		if _, err := NewRemoteKeySet(RemoteConfig{JWKSURI: u}); err != nil {
+			t.Errorf("NewRemoteKeySet(%s): %v", u, err)
+		}
+	}
+
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &k.PublicKey, KeyID: "x", Use: "sig", Algorithm: "ES256"}}})
+	}))
+	defer plain.Close()
+	var iss string
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"issuer": iss, "jwks_uri": plain.URL + "/jwks"})
+	}))
+	defer srv.Close()
+	iss = srv.URL
+	r, err := NewRemoteKeySet(RemoteConfig{DiscoveryIssuer: iss, HTTPClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Key(context.Background(), "x"); err == nil {
+		t.Error("an https issuer's discovery sent the key fetch to plain http, and the keys were used")
 	}
 }
