@@ -324,7 +324,7 @@ func TestNewK8sAttestorErrors(t *testing.T) {
 		{"no audience", K8sConfig{Issuer: "https://k8s.example"}, "attest: kubernetes attestor needs an audience"},
 		{"bad cluster", K8sConfig{Issuer: "https://k8s.example", Audience: "a", Cluster: "a/b"}, `attest: kubernetes cluster name "a/b" is not a DNS label`},
 		{"negative ttl", K8sConfig{Issuer: "https://k8s.example", Audience: "a", MaxTokenTTL: -1}, "attest: kubernetes max token ttl is negative"},
-		{"issuer not a URL for discovery", K8sConfig{Issuer: "kubernetes/serviceaccount", Audience: "a"}, `attest: kubernetes issuer: token: "kubernetes/serviceaccount" is not an http(s) URL`},
+		{"issuer not a URL for discovery", K8sConfig{Issuer: "kubernetes/serviceaccount", Audience: "a"}, `attest: kubernetes issuer: token: "kubernetes/serviceaccount" is not an https URL (http only for a loopback host)`},
 		{"missing jwks file", K8sConfig{Issuer: "https://k8s.example", Audience: "a", JWKSFile: filepath.Join(dir, "none.json")}, "attest: jwks file: open " + filepath.Join(dir, "none.json") + ": no such file or directory"},
 		{"empty jwks file", K8sConfig{Issuer: "https://k8s.example", Audience: "a", JWKSFile: write("empty.json", `{"keys":[]}`)}, "attest: jwks file " + filepath.Join(dir, "empty.json") + ": token: key set is empty"},
 		{"private key in jwks file", K8sConfig{Issuer: "https://k8s.example", Audience: "a", JWKSFile: privFile}, "attest: jwks file " + privFile + `: key "k" carries private or symmetric key material`},
