@@ -56,8 +56,12 @@ type AttestedSource struct {
 	svid   atomic.Pointer[x509svid.SVID]
 	bundle atomic.Pointer[x509bundle.Bundle]
 
+	// ctx is cancelled by Close; Run stops with it. Both exist from the
+	// start, so a Close before Run starts still stops it.
+	ctx       context.Context
 	closeOnce sync.Once
 	stop      context.CancelFunc
+	started   atomic.Bool
 	done      chan struct{}
 }
 
@@ -79,6 +83,7 @@ func NewAttestedSource(ctx context.Context, cfg AttestSource, td spiffeid.TrustD
 		return nil, fmt.Errorf("proxy: attest: bundle %s: %w", cfg.Bundle, err)
 	}
 	s := &AttestedSource{td: td, cfg: cfg, now: now, log: log, done: make(chan struct{})}
+	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.bundle.Store(roots)
 	s.client, err = nodeapi.NewClient(nodeapi.ClientConfig{
 		ServerURL: cfg.Server, Roots: poolOf(roots),
@@ -190,8 +195,11 @@ func (s *AttestedSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*
 
 func (s *AttestedSource) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	sv := s.svid.Load()
-	if sv == nil {
-		return &tls.Certificate{}, nil // first contact: no certificate
+	if sv == nil || !s.now().Before(sv.Certificates[0].NotAfter) {
+		// First contact, or an expired SVID, which the server would
+		// refuse in the handshake: no certificate, so the server answers
+		// 401 and a Kubernetes token can attest again.
+		return &tls.Certificate{}, nil
 	}
 	return svidCertificate(sv), nil
 }
@@ -199,8 +207,14 @@ func (s *AttestedSource) clientCertificate(*tls.CertificateRequestInfo) (*tls.Ce
 // Run renews the SVID at half-life and refreshes the bundle every five
 // minutes until ctx is done or Close is called.
 func (s *AttestedSource) Run(ctx context.Context) {
-	ctx, s.stop = context.WithCancel(ctx)
+	if !s.started.CompareAndSwap(false, true) {
+		return // one Run per source
+	}
 	defer close(s.done)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
 	backoff := time.Second
 	bundleAt := s.now()
 	for {
@@ -253,11 +267,14 @@ func (s *AttestedSource) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.K8sTokenFile != "" && !s.now().Before(s.svid.Load().Certificates[0].NotAfter) {
+		return s.attest(ctx) // expired: a Kubernetes token attests again
+	}
 	resp, err := s.client.Renew(ctx, csr)
 	if err != nil {
 		var ne *nodeapi.Error
 		if errors.As(err, &ne) && ne.Status == 401 && s.cfg.K8sTokenFile != "" {
-			return s.attest(ctx) // expired: a Kubernetes token attests again
+			return s.attest(ctx) // refused: a Kubernetes token attests again
 		}
 		return err
 	}
@@ -284,10 +301,11 @@ func (s *AttestedSource) refreshBundle(ctx context.Context) error {
 // Close stops Run.
 func (s *AttestedSource) Close() error {
 	s.closeOnce.Do(func() {
-		if s.stop != nil {
-			s.stop()
-			<-s.done
+		s.stop()
+		if !s.started.CompareAndSwap(false, true) {
+			<-s.done // Run is running: wait for it
 		}
+		// Else Run has not started, and never will: it finds started set.
 	})
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,4 +74,52 @@ func startAttestServer(t *testing.T) *server.Server {
 	t.Helper()
 	srv, _ := testserver.Quickstart(t, nil)
 	return srv
+}
+
+// TestAttestedSourceExpiredAndClose: past its SVID's expiry the source
+// presents no certificate (the server answers 401 rather than failing the
+// handshake) and a Kubernetes-attested source attests again instead of
+// renewing; a Close before Run starts stops it for good.
+func TestAttestedSourceExpiredAndClose(t *testing.T) {
+	srv := startAttestServer(t)
+	td := spiffeid.RequireTrustDomainFromString("quickstart.local")
+	id := spiffeid.RequireFromString("spiffe://quickstart.local/ns/shop/sa/inventory")
+	tok, err := attest.CreateJoinToken(context.Background(), srv.Store(), id, 10*time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	clock := func() time.Time { return now }
+	src, err := NewAttestedSource(context.Background(), AttestSource{Server: srv.Issuer(), Bundle: srv.BundlePath(), JoinTokenFile: tokFile}, td, nil, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := src.clientCertificate(nil); len(c.Certificate) == 0 {
+		t.Fatal("no certificate presented while the SVID is valid")
+	}
+	now = src.svid.Load().Certificates[0].NotAfter.Add(time.Second)
+	if c, _ := src.clientCertificate(nil); len(c.Certificate) != 0 {
+		t.Error("an expired SVID is still presented")
+	}
+	src.cfg.K8sTokenFile = filepath.Join(dir, "k8s-token") // does not exist
+	if err := src.renew(context.Background()); err == nil || !strings.Contains(err.Error(), "k8s-token") {
+		t.Errorf("renewal of an expired SVID did not attest again with the Kubernetes token: %v", err)
+	}
+
+	// Close before Run: Run returns at once and does nothing.
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { src.Run(context.Background()); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run kept going after Close")
+	}
 }

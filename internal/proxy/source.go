@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bytes"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -175,6 +177,14 @@ func (s *FileSource) load() (*fileState, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A PEM parser skips a truncated last block, so a file caught in the
+	// middle of a write could pass for a complete one (a bundle with one
+	// root fewer, say): only whole files are taken.
+	for path, data := range map[string][]byte{s.certFile: certPEM, s.keyFile: keyPEM, s.bundleFile: bundlePEM} {
+		if !wholePEM(data) {
+			return nil, fmt.Errorf("proxy: file source: %s is not complete PEM (being written?)", path)
+		}
+	}
 	svid, err := x509svid.Parse(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: file source: SVID %s: %w", s.certFile, err)
@@ -190,6 +200,18 @@ func (s *FileSource) load() (*fileState, error) {
 		return nil, fmt.Errorf("proxy: file source: bundle %s holds no certificates", s.bundleFile)
 	}
 	return &fileState{svid: svid, bundle: b, stamp: stamp}, nil
+}
+
+// wholePEM reports whether b is a sequence of complete PEM blocks with
+// nothing but white space around them.
+func wholePEM(b []byte) bool {
+	for {
+		blk, rest := pem.Decode(b)
+		if blk == nil {
+			return len(bytes.TrimSpace(b)) == 0
+		}
+		b = rest
+	}
 }
 
 func readFileBounded(path string) ([]byte, error) {

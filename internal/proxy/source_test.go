@@ -82,6 +82,14 @@ func TestNewFileSourceErrors(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A second root being appended, caught halfway: the first root alone
+	// would parse, so the file must be refused as a whole.
+	other := testca.New(t, testTD)
+	two := append(append([]byte{}, ca.RootPEM()...), other.RootPEM()...)
+	truncated := filepath.Join(dir, "truncated.pem")
+	if err := os.WriteFile(truncated, two[:len(two)-200], 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name              string
 		cert, key, bundle string
@@ -94,6 +102,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 		{"key is not a key", cert, cert, bundle, td, "proxy: file source: SVID"},
 		{"empty bundle", cert, key, empty, td, "proxy: file source: bundle"},
 		{"missing bundle", cert, key, filepath.Join(dir, "nope"), td, "no such file or directory"},
+		{"bundle being written", cert, key, truncated, td, "is not complete PEM"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
