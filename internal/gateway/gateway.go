@@ -453,7 +453,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 			Host:     r.Host,
 			Port:     localPort(r),
 		}
-		req.Headers, req.RepeatedHeaders = headerMap(r.Header)
+		req.Headers, req.RepeatedHeaders = proxy.PolicyHeaders(r.Header)
 		if d := rt.engine.Authorize(&req); !d.Allow {
 			st.outCause = d.Reason
 			g.refuse(w, st, http.StatusForbidden, decisionDeny, codeAccessDenied, "the route's conditions do not admit this request")

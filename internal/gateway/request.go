@@ -101,32 +101,6 @@ func forwardHeader(h http.Header) http.Header {
 	return out
 }
 
-// headerMap gives policies the request headers (lower-case names),
-// without Authorization and X-Postern-*: those sent once in the map, the
-// names of those sent more than once in the set (see
-// policy.Request.RepeatedHeaders).
-func headerMap(h http.Header) (map[string]string, map[string]bool) {
-	m := make(map[string]string, len(h))
-	var repeated map[string]bool
-	for k, v := range h {
-		if strings.EqualFold(k, "Authorization") || len(v) == 0 || hasPosternPrefix(k) {
-			continue
-		}
-		name := strings.ToLower(k)
-		_, dup := m[name]
-		if len(v) > 1 || dup || repeated[name] {
-			if repeated == nil {
-				repeated = map[string]bool{}
-			}
-			repeated[name] = true
-			delete(m, name)
-			continue
-		}
-		m[name] = v[0]
-	}
-	return m, repeated
-}
-
 // scopesOf returns the token's scopes: the space-separated scope claim, or
 // scp as a string or a list (Entra ID, Okta).
 func scopesOf(p *principal) []string {

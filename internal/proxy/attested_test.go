@@ -21,18 +21,8 @@ import (
 // refuses a replayed token.
 func TestAttestedSource(t *testing.T) {
 	srv := startAttestServer(t)
-	td := spiffeid.RequireTrustDomainFromString("quickstart.local")
-	id := spiffeid.RequireFromString("spiffe://quickstart.local/ns/shop/sa/inventory")
-	tok, err := attest.CreateJoinToken(context.Background(), srv.Store(), id, 10*time.Minute, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	tokFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokFile, []byte(tok+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := AttestSource{Server: srv.Issuer(), Bundle: srv.BundlePath(), JoinTokenFile: tokFile}
+	td, id := attestTD, attestID
+	cfg := joinTokenSource(t, srv, t.TempDir())
 	src, err := NewAttestedSource(context.Background(), cfg, td, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatalf("attest: %v", err)
@@ -70,6 +60,27 @@ func TestAttestedSource(t *testing.T) {
 	}
 }
 
+// The identity the attested-source tests attest as.
+var (
+	attestTD = spiffeid.RequireTrustDomainFromString("quickstart.local")
+	attestID = spiffeid.RequireFromString("spiffe://quickstart.local/ns/shop/sa/inventory")
+)
+
+// joinTokenSource writes a fresh join token for attestID into dir and
+// returns the attest configuration that uses it.
+func joinTokenSource(t *testing.T, srv *server.Server, dir string) AttestSource {
+	t.Helper()
+	tok, err := attest.CreateJoinToken(context.Background(), srv.Store(), attestID, 10*time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return AttestSource{Server: srv.Issuer(), Bundle: srv.BundlePath(), JoinTokenFile: tokFile}
+}
+
 func startAttestServer(t *testing.T) *server.Server {
 	t.Helper()
 	srv, _ := testserver.Quickstart(t, nil)
@@ -82,20 +93,10 @@ func startAttestServer(t *testing.T) *server.Server {
 // renewing; a Close before Run starts stops it for good.
 func TestAttestedSourceExpiredAndClose(t *testing.T) {
 	srv := startAttestServer(t)
-	td := spiffeid.RequireTrustDomainFromString("quickstart.local")
-	id := spiffeid.RequireFromString("spiffe://quickstart.local/ns/shop/sa/inventory")
-	tok, err := attest.CreateJoinToken(context.Background(), srv.Store(), id, 10*time.Minute, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	tokFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokFile, []byte(tok), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	now := time.Now()
 	clock := func() time.Time { return now }
-	src, err := NewAttestedSource(context.Background(), AttestSource{Server: srv.Issuer(), Bundle: srv.BundlePath(), JoinTokenFile: tokFile}, td, nil, clock)
+	src, err := NewAttestedSource(context.Background(), joinTokenSource(t, srv, dir), attestTD, nil, clock)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -622,6 +622,10 @@ func localPort(r *http.Request) int {
 	return 0
 }
 
+// PolicyHeaders is headerMap for the gateway, which decides its routes'
+// conditions with the same engine and must see headers the same way.
+func PolicyHeaders(h http.Header) (map[string]string, map[string]bool) { return headerMap(h) }
+
 // headerMap gives policies the request headers (lower-case names),
 // without Authorization and X-Postern-*: those sent once in the map, the
 // names of those sent more than once in the set (see
@@ -630,7 +634,7 @@ func headerMap(h http.Header) (map[string]string, map[string]bool) {
 	m := make(map[string]string, len(h))
 	var repeated map[string]bool
 	for k, v := range h {
-		if k == "Authorization" || len(v) == 0 || hasPosternPrefix(k) {
+		if strings.EqualFold(k, "Authorization") || len(v) == 0 || hasPosternPrefix(k) {
 			continue
 		}
 		name := strings.ToLower(k)
