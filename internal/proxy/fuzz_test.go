@@ -15,6 +15,9 @@ func FuzzExtractToken(f *testing.F) {
 	f.Add("Bearer a", "Bearer b", "")
 	f.Add("bearer  a.b.c ", "", "ACCESS_TOKEN=1;x")
 	f.Add("", "", "access_token=%zz")
+	f.Add("", "", "x=1;%61ccess_token=abc")
+	f.Add("Bearer a", "", "a=%zz&x=1;ACCESS%5Ftoken%zz=1")
+	f.Add("", "", "a=1;b=2")
 	f.Fuzz(func(t *testing.T, a1, a2, query string) {
 		r := &http.Request{Header: http.Header{}, URL: &url.URL{Path: "/", RawQuery: query}}
 		for _, a := range []string{a1, a2} {
@@ -31,6 +34,11 @@ func FuzzExtractToken(f *testing.F) {
 		}
 		if vals, err := url.ParseQuery(rest); err == nil && vals.Has("access_token") {
 			t.Fatalf("access_token left in the forwarded query %q", rest)
+		}
+		// Nor may a lenient parser (";" separators, partial escapes) of
+		// the application find one there.
+		if queryMayHoldToken(rest) {
+			t.Fatalf("a lenient parser finds access_token in the forwarded query %q", rest)
 		}
 		if strings.ContainsAny(raw, " ,") {
 			t.Fatalf("token %q has separators", raw)

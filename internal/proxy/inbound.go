@@ -481,7 +481,7 @@ func ExtractToken(r *http.Request) (raw, query, fault string) {
 		}
 		found := false
 		for k, vs := range vals {
-			if !strings.EqualFold(k, "access_token") {
+			if !isTokenParam(k) {
 				continue
 			}
 			if k != "access_token" {
@@ -545,11 +545,29 @@ func (t *trailerStripper) Close() error {
 func queryMayHoldToken(q string) bool {
 	for _, pair := range strings.FieldsFunc(q, func(r rune) bool { return r == '&' || r == ';' }) {
 		name, _, _ := strings.Cut(pair, "=")
-		if strings.EqualFold(strings.TrimSpace(lenientUnescape(name)), "access_token") {
+		if isTokenParam(lenientUnescape(name)) {
 			return true
 		}
 	}
 	return false
+}
+
+// isTokenParam reports whether some application could read the query
+// parameter name (already unescaped) as access_token: in any case, with
+// surrounding white space trimmed, and with " ", "." and "[" read as "_"
+// (as PHP does).
+func isTokenParam(name string) bool {
+	name = strings.TrimSpace(name)
+	if len(name) != len("access_token") {
+		return false
+	}
+	return strings.EqualFold(strings.Map(func(r rune) rune {
+		switch r {
+		case ' ', '.', '[':
+			return '_'
+		}
+		return r
+	}, name), "access_token")
 }
 
 // lenientUnescape decodes the valid %XX escapes and "+" of s and keeps

@@ -242,6 +242,8 @@ func TestExtractToken(t *testing.T) {
 		{name: "token after a semicolon, name escaped", query: "x=1;%61ccess_token=abc", fault: "the query string does not parse"},
 		{name: "token among bad escapes", query: "a=%zz&x=1;ACCESS%5Ftoken%zz=1;access_token=abc", fault: "the query string does not parse"},
 		{name: "semicolons without a token pass", query: "a=1;b=2", rest: "a=1;b=2"},
+		{name: "name with a trailing space", query: "ACCess_token%20=abc", fault: "the query carries an access token under another spelling"},
+		{name: "PHP reads a dot as an underscore", query: "access.token=abc", fault: "the query carries an access token under another spelling"},
 		{name: "percent-encoded letter", query: "%61ccess_token=abc", raw: "abc", rest: ""},
 		{name: "odd query without a token passes unchanged", query: "z=1&a=%zz", rest: "z=1&a=%zz"},
 		{name: "query order kept without a token", query: "z=1&a=2", rest: "z=1&a=2"},
