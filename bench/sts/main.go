@@ -16,9 +16,11 @@
 //
 // The phases, each bounded in time and in request count:
 //
-//   - raw: one ES256 verify + one ES256 sign per op, one goroutine, ~2s
-//     (before and after the load; the higher is the limit);
-//   - A, peak: C closed-loop workers on keep-alive connections;
+//   - raw: one ES256 verify + one ES256 sign per op, one goroutine, ~2s,
+//     before the first round of A and after each (the higher of the two
+//     measurements around a round is that round's limit);
+//   - A, peak: C closed-loop workers on keep-alive connections, -rounds
+//     times; the headline ratio is the median of the rounds' ratios;
 //   - B, latency: open loop at half of A's rate, latency measured from each
 //     request's scheduled send time (no coordinated omission);
 //   - C, handshakes: a new TLS connection per request, first with full
@@ -43,6 +45,7 @@ import (
 // options are the command-line flags.
 type options struct {
 	duration    time.Duration
+	rounds      int
 	workers     int
 	proto       string
 	rawDuration time.Duration
@@ -70,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("sts", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.DurationVar(&o.duration, "d", 10*time.Second, "duration of phases A and B (each phase C half of it), 1s to 2m")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds of phase A, each between two raw ES256 measurements, 1 to 9 (the ratio is their median)")
 	fs.IntVar(&o.workers, "c", 16, "concurrent workers (closed loop) and open-loop senders, 1 to 512")
 	fs.StringVar(&o.proto, "proto", "h1", "h1: HTTP/1.1, one keep-alive connection per worker; h2: HTTP/2, one shared connection")
 	fs.DurationVar(&o.rawDuration, "raw", 2*time.Second, "duration of each raw ES256 measurement, 100ms to 30s")
@@ -88,6 +92,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	case o.duration < time.Second || o.duration > 2*time.Minute:
 		// The hop-1 token lives 5 minutes; it is refreshed before each phase.
 		return nil, fmt.Errorf("-d %s: must be between 1s and 2m", o.duration)
+	case o.rounds < 1 || o.rounds > 9:
+		return nil, fmt.Errorf("-rounds %d: must be between 1 and 9", o.rounds)
 	case o.workers < 1 || o.workers > 512:
 		return nil, fmt.Errorf("-c %d: must be between 1 and 512", o.workers)
 	case o.proto != "h1" && o.proto != "h2":
@@ -161,33 +167,53 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 	defer wl.close()
 	rep.Transport = wl.describe()
 
-	// A: warm up (connections, caches, the heap), then peak.
+	// A: warm up (connections, caches, the heap), then peak, in rounds
+	// each followed by a raw measurement: the machine's speed drifts (it is
+	// shared), so each round is compared with the raw rate measured next to
+	// it, and the median round is the figure.
 	warm := min(o.duration/5, 2*time.Second)
-	progress(log, "phase A: warm-up %s, then peak for %s with %d workers", warm, o.duration, o.workers)
-	if err := wl.refreshSubject(ctx); err != nil {
-		return nil, err
-	}
-	if _, err := wl.closedLoop(ctx, "warm-up", child.info.PID, wl.keepAlive, warm, o.maxRequests); err != nil {
-		return nil, err
-	}
-	if o.cpuProfile != "" {
-		if err := child.Command(ctx, "cpuprofile-start "+o.cpuProfile); err != nil {
+	raws := []rawResult{before}
+	var rounds []*phaseResult
+	for i := range o.rounds {
+		name := "A peak"
+		if o.rounds > 1 {
+			name = fmt.Sprintf("A peak %d", i+1)
+		}
+		progress(log, "phase %s: warm-up %s, then peak for %s with %d workers", name, warm, o.duration, o.workers)
+		if err := wl.refreshSubject(ctx); err != nil {
 			return nil, err
 		}
-	}
-	peak, err := wl.closedLoop(ctx, "A peak", child.info.PID, wl.keepAlive, o.duration, o.maxRequests)
-	if err != nil {
-		return nil, err
-	}
-	if o.cpuProfile != "" {
-		if err := child.Command(ctx, "cpuprofile-stop"); err != nil {
+		if _, err := wl.closedLoop(ctx, "warm-up", child.info.PID, wl.keepAlive, warm, o.maxRequests); err != nil {
 			return nil, err
 		}
-		progress(log, "server CPU profile of phase A written to %s", o.cpuProfile)
+		profile := o.cpuProfile != "" && i == 0
+		if profile {
+			if err := child.Command(ctx, "cpuprofile-start "+o.cpuProfile); err != nil {
+				return nil, err
+			}
+		}
+		peak, err := wl.closedLoop(ctx, name, child.info.PID, wl.keepAlive, o.duration, o.maxRequests)
+		if err != nil {
+			return nil, err
+		}
+		if profile {
+			if err := child.Command(ctx, "cpuprofile-stop"); err != nil {
+				return nil, err
+			}
+			progress(log, "server CPU profile of the first round of phase A written to %s", o.cpuProfile)
+		}
+		if peak.OK == 0 {
+			return nil, fmt.Errorf("phase %s: no successful exchange (%d errors, first: %s)", name, peak.Errors, peak.FirstError)
+		}
+		rounds = append(rounds, peak)
+		progress(log, "raw ES256 verify+sign after %s", name)
+		raw, err := rawES256(ctx, o.rawDuration)
+		if err != nil {
+			return nil, err
+		}
+		raws = append(raws, raw)
 	}
-	if peak.OK == 0 {
-		return nil, fmt.Errorf("phase A: no successful exchange (%d errors, first: %s)", peak.Errors, peak.FirstError)
-	}
+	peak := medianRound(rounds, raws)
 
 	// B: open loop at half of the peak.
 	rate := peak.Rate / 2
@@ -216,15 +242,9 @@ func benchmark(ctx context.Context, o *options, log io.Writer) (*report, error) 
 		return nil, err
 	}
 
-	progress(log, "raw ES256 verify+sign again (noise check)")
-	after, err := rawES256(ctx, o.rawDuration)
-	if err != nil {
-		return nil, err
-	}
-	rep.RawBefore, rep.RawAfter = before, after
-	rep.RawLimit = max(before.PerCPUSecond, after.PerCPUSecond)
-	rep.Phases = []*phaseResult{peak, half, full, resumed}
-	rep.finish(peak, half)
+	rep.Raw = raws
+	rep.Phases = append(rounds, half, full, resumed)
+	rep.finish(rounds, raws, half)
 	return rep, nil
 }
 
