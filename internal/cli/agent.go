@@ -33,7 +33,7 @@ are renewed at half-life and streamed to the callers as they rotate.
 The join token may also be given in the ` + joinTokenEnv + ` environment variable.
 The socket's directory should be owned by the operator; the socket itself is
 world-connectable (mode 0777), as callers are told apart by attestation.`,
-		Example: `  postern agent --server https://127.0.0.1:8443 --bundle data/bundle.pem \
+		Example: `  postern agent --server https://127.0.0.1:8443 --bundle .postern-quickstart/bundle.pem \
       --join-token "$TOKEN" --socket /run/postern/agent.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

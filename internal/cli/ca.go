@@ -41,7 +41,7 @@ func newCAIssueCmd(e *env) *cobra.Command {
 the data dir, writing svid.pem (leaf and intermediates), svid.key and
 bundle.pem to --out. The key never leaves this machine. In production,
 workloads get their SVIDs from postern agent through the Workload API.`,
-		Example: `  postern ca issue --data-dir data --spiffe-id spiffe://quickstart.local/ns/shop/sa/gateway --out certs/gateway`,
+		Example: `  postern ca issue --data-dir .postern-quickstart --spiffe-id spiffe://quickstart.local/ns/shop/sa/gateway --out certs/gateway`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if id == "" || out == "" {

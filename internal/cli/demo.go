@@ -33,7 +33,10 @@ examples/quickstart. Then play the story, checking each step:
      refuses (the confused deputy is stopped) and the app gets 403;
   4. a token captured at inventory is replayed: refused for its audience and
      for its certificate binding;
-  5. a plaintext request and a forged token are refused.
+  5. a plaintext request and a forged token are refused;
+  6. an operator revokes alice's session: the token service refuses to
+     exchange its tokens and the sidecars refuse them within a poll of the
+     revocation list.
 
 The exit status is 0 only if every step behaved as expected, so the demo is
 also an end-to-end smoke test. Everything is removed at exit.`,

@@ -27,7 +27,7 @@ hash is stored; it expires after --ttl (1m to 24h). A node agent attests with a
 token for an agent ID (spiffe://<td>/postern/agent/...); a workload that
 attests directly (a sidecar without an agent) with a token for its own
 Workload's ID.`,
-		Example: `  postern ca join-token --data-dir data --spiffe-id spiffe://quickstart.local/postern/agent/node-1 --ttl 10m`,
+		Example: `  postern ca join-token --data-dir .postern-quickstart --spiffe-id spiffe://quickstart.local/postern/agent/node-1 --ttl 10m`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if id == "" {

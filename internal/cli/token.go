@@ -50,7 +50,7 @@ func newTokenMintCmd(e *env) *cobra.Command {
 defaults to the RFC 7638 thumbprint of the public key, which is what the
 example identity provider's inline JWKS uses.`,
 		Example: `  postern token mint --key examples/quickstart/idp/idp-key.pem \
-    --iss https://idp.quickstart.local --sub alice --aud postern \
+    --iss https://idp.quickstart.local --sub alice --aud quickstart-shop \
     --scope "orders:read orders:write" --claim email=alice@example.com`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -179,7 +179,7 @@ func newTokenVerifyCmd(e *env) *cobra.Command {
 		Long: `Verify a JWT's signature against a JWKS (an https URL or a file), its issuer,
 audience, lifetime, algorithm and type. Prints the claims and exits 0 for a
 valid token; prints the reason and exits 1 otherwise.`,
-		Example: `  postern token verify --jwks https://127.0.0.1:8443/oauth2/jwks --cacert data/bundle.pem \
+		Example: `  postern token verify --jwks https://127.0.0.1:8443/oauth2/jwks --cacert .postern-quickstart/bundle.pem \
     --iss https://127.0.0.1:8443 --aud spiffe://quickstart.local/ns/shop/sa/order-processing "$TOKEN"`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -349,8 +349,9 @@ a leaked token. The token is identified by its jti; with --family, by its sid,
 which revokes every token exchanged from the same first issuance (the whole
 user session across every hop). Running servers sharing the store apply it
 within 10 seconds: introspection reports the token inactive and the STS refuses
-to exchange it. Sidecars that already verified the token keep accepting it
-until it expires (at most its lifetime, 5 minutes by default).
+to exchange it. Sidecars poll the token service's revocation list
+(sts.revocationPollInterval, 5 seconds by default) and refuse the token, even
+one they already verified, from their next poll on.
 
 The token is read from the argument, or from standard input. Its signature is
 not checked: revoking an identifier can only deny more.`,

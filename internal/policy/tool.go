@@ -231,8 +231,24 @@ func Lint(w io.Writer, dir string, opts CompileOptions) error {
 		fmt.Fprintf(w, "%d problem(s)\n", len(probs))
 		return probs
 	}
+	selfNote(w, &l.set, opts)
 	fmt.Fprintf(w, "ok: %d resources, %d test files in %s\n", l.set.Len(), len(l.tests), dir)
 	return nil
+}
+
+// selfNote tells the user, when no SelfIssuer is set, which exchange
+// policies name "self" among their subject issuers: without it those
+// entries match no token, which would otherwise surface only as tests that
+// unexpectedly deny.
+func selfNote(w io.Writer, set *Set, opts CompileOptions) {
+	if opts.SelfIssuer != "" {
+		return
+	}
+	for _, p := range set.ExchangePolicies {
+		if slices.Contains(p.SubjectIssuers, "self") {
+			fmt.Fprintf(w, "note: %s:%d: ExchangePolicy %q names \"self\" in subjectIssuers, which matches no token without --self-issuer (the token service's issuer URL)\n", p.Origin.File, p.Origin.Line, p.Name)
+		}
+	}
 }
 
 // TestSummary counts the results of RunTests.
@@ -263,6 +279,7 @@ func RunTests(w io.Writer, dir string, opts CompileOptions) (TestSummary, error)
 		fmt.Fprintf(w, "no PolicyTest cases in %s\n", dir)
 		return sum, ErrNoTests
 	}
+	selfNote(w, &l.set, opts)
 	for _, td := range l.tests {
 		for i, c := range td.cases {
 			start := time.Now()

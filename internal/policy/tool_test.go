@@ -66,6 +66,31 @@ p.yaml:11: subjectIssuers: "https://nobody.example" is neither "self" nor the is
 	}
 }
 
+// Without a SelfIssuer, "self" matches no token: lint and test say which
+// policies use it instead of leaving the user with unexplained denials.
+func TestSelfIssuerNote(t *testing.T) {
+	opts := CompileOptions{TrustDomain: "shop.local"}
+	var out bytes.Buffer
+	if err := Lint(&out, "testdata/shop", opts); err != nil {
+		t.Fatalf("Lint: %v\n%s", err, out.String())
+	}
+	want := `note: testdata/shop/exchange.yaml:`
+	if !strings.HasPrefix(out.String(), want) || !strings.Contains(out.String(), `names "self" in subjectIssuers, which matches no token without --self-issuer`) {
+		t.Errorf("lint output:\n%s\nwant a note about self", out.String())
+	}
+	out.Reset()
+	if _, err := RunTests(&out, "testdata/shop", opts); err != nil {
+		t.Fatalf("RunTests: %v", err)
+	}
+	if !strings.HasPrefix(out.String(), want) {
+		t.Errorf("test output:\n%s\nwant a note about self first", out.String())
+	}
+	out.Reset()
+	if err := Lint(&out, "testdata/shop", toolOpts); err != nil || strings.Contains(out.String(), "note:") {
+		t.Errorf("with a SelfIssuer: err %v, output:\n%s", err, out.String())
+	}
+}
+
 var durRE = regexp.MustCompile(`\([0-9.µnms]+\)`)
 
 func TestRunTests(t *testing.T) {

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"postern.dev/postern/internal/introspect"
@@ -183,12 +186,8 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 		}
 		return nil, grantErr(what, err)
 	}
-	accepted := false
-	for _, aud := range claims.Audience {
-		accepted = accepted || ei.aud[aud]
-	}
-	if !accepted {
-		return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s audience is not accepted for issuer %q", what, iss))
+	if e := ei.checkAudience(what, claims.Audience); e != nil {
+		return nil, e
 	}
 	if claims.Subject == "" {
 		return nil, oauthErr(codeInvalidGrant, what+" has no sub")
@@ -211,12 +210,8 @@ func (s *Service) verifyOpaque(ctx context.Context, raw string, st *state, what 
 		if err != nil {
 			continue
 		}
-		accepted := false
-		for _, aud := range claims.Audience {
-			accepted = accepted || ei.aud[aud]
-		}
-		if !accepted {
-			return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s audience is not accepted for issuer %q", what, ei.res.Issuer))
+		if e := ei.checkAudience(what, claims.Audience); e != nil {
+			return nil, e
 		}
 		return &subject{claims: claims, ext: ei}, nil
 	}
@@ -224,6 +219,45 @@ func (s *Service) verifyOpaque(ctx context.Context, raw string, st *state, what 
 		return nil, oauthErr(codeServerError, what+" could not be introspected: the issuer is unavailable").withStatus(http.StatusServiceUnavailable).withCause(unavailable)
 	}
 	return nil, oauthErr(codeInvalidGrant, what+" is neither a JWT nor an active token of a trusted issuer")
+}
+
+// checkAudience refuses a token of an external issuer none of whose
+// audiences the TrustedIssuer accepts. The description names both sides, so
+// that a caller with a token minted for the wrong audience sees why; the
+// token's values are quoted and bounded.
+func (ei *externalIssuer) checkAudience(what string, auds []string) *Error {
+	for _, aud := range auds {
+		if ei.aud[aud] {
+			return nil
+		}
+	}
+	return oauthErr(codeInvalidGrant, fmt.Sprintf("%s audience %s is not accepted for issuer %q (accepted: %s)",
+		what, quoteList(auds, 4), ei.res.Issuer, quoteList(slices.Sorted(maps.Keys(ei.aud)), 8)))
+}
+
+// quoteList renders at most n values, each quoted and cut to 100 bytes, for
+// an error description.
+func quoteList(vs []string, n int) string {
+	if len(vs) == 0 {
+		return "[]"
+	}
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, v := range vs {
+		if i == n {
+			fmt.Fprintf(&b, " and %d more", len(vs)-n)
+			break
+		}
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if len(v) > 100 {
+			v = v[:100] + "..."
+		}
+		b.WriteString(strconv.Quote(v))
+	}
+	b.WriteByte(']')
+	return b.String()
 }
 
 func grantErr(what string, err error) *Error {

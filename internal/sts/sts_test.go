@@ -133,7 +133,7 @@ func TestExchangeRefusals(t *testing.T) {
 		{name: "scope widening", client: gatewayID, subject: readOnly, audience: ordersID, scope: "orders:write", status: 400, code: "invalid_scope", desc: `"orders:write"`},
 		{name: "scope outside the policy", client: gatewayID, subject: user, audience: ordersID, scope: "admin", status: 400, code: "invalid_scope"},
 		{name: "expired subject token", client: gatewayID, subject: expiredUser, audience: ordersID, status: 400, code: "invalid_grant", desc: "expired"},
-		{name: "subject token audience not accepted", client: gatewayID, subject: wrongAud, audience: ordersID, status: 400, code: "invalid_grant", desc: "audience"},
+		{name: "subject token audience not accepted", client: gatewayID, subject: wrongAud, audience: ordersID, status: 400, code: "invalid_grant", desc: `subject_token audience ["elsewhere"] is not accepted for issuer "` + idpIssuer + `" (accepted: ["shop"])`},
 		{name: "forged signature", client: gatewayID, subject: forged, audience: ordersID, status: 400, code: "invalid_grant", desc: "signature"},
 		{name: "untrusted issuer", client: gatewayID, subject: untrusted, audience: ordersID, status: 400, code: "invalid_grant", desc: "not trusted"},
 		{name: "alg none", client: gatewayID, subject: none, audience: ordersID, status: 400, code: "invalid_grant", desc: "algorithm"},
