@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"postern.dev/postern/internal/policy"
 	"postern.dev/postern/internal/proxy"
+	"postern.dev/postern/internal/strictyaml"
 )
 
 // Config is the gateway's configuration, as written in gateway.yaml and read
@@ -146,9 +146,9 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: config: %w", err)
 	}
-	c, err := ParseConfig(b)
+	c, err := parseConfig(path, b)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: config %s: %w", path, err)
+		return nil, fmt.Errorf("gateway: config %w", err)
 	}
 	c.resolve(filepath.Dir(path))
 	return c, nil
@@ -156,15 +156,22 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig decodes and validates a configuration; relative paths stay
 // relative.
-func ParseConfig(b []byte) (*Config, error) {
+func ParseConfig(b []byte) (*Config, error) { return parseConfig("", b) }
+
+// parseConfig is ParseConfig for a file named name ("": unnamed), whose
+// name the errors start with.
+func parseConfig(name string, b []byte) (*Config, error) {
 	if len(b) > maxConfigBytes {
 		return nil, errors.New("gateway: config is larger than 1 MiB")
 	}
 	var c Config
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+	if err := strictyaml.Unmarshal(name, b, &c); err != nil {
+		return nil, err
 	}
 	if err := c.Validate(); err != nil {
+		if name != "" {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
 		return nil, err
 	}
 	return &c, nil

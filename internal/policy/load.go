@@ -14,7 +14,6 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -22,7 +21,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
-	sigsyaml "sigs.k8s.io/yaml"
+
+	"postern.dev/postern/internal/strictyaml"
 )
 
 // MaxFileSize bounds one resource file.
@@ -160,8 +160,6 @@ func (f *fileCtx) line(path string) int {
 
 func (f *fileCtx) report(path, msg string) { f.add(f.line(path), msg) }
 
-var yamlLineRE = regexp.MustCompile(`line (\d+)`)
-
 func (l *loader) parse(name string, data []byte) {
 	if len(data) > MaxFileSize {
 		l.problems = append(l.problems, Problem{File: name, Message: fmt.Sprintf("file is larger than %d bytes", MaxFileSize)})
@@ -175,19 +173,8 @@ func (l *loader) parse(name string, data []byte) {
 			return
 		}
 		if err != nil {
-			line := 0
-			if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-				line, _ = strconv.Atoi(m[1])
-				// yaml.v3 reports parser errors at the 0-based line of
-				// the construct being parsed.
-				if strings.Contains(err.Error(), "did not find expected") {
-					line++
-				}
-			}
-			msg := strings.TrimPrefix(err.Error(), "yaml: ")
-			msg = strings.TrimSpace(yamlLineRE.ReplaceAllString(msg, ""))
-			msg = strings.TrimPrefix(msg, ": ")
-			l.problems = append(l.problems, Problem{File: name, Line: line, Message: "invalid YAML: " + msg})
+			p := strictyaml.ParseError(err)
+			l.problems = append(l.problems, Problem{File: name, Line: p.Line, Message: p.Message})
 			return
 		}
 		if len(doc.Content) == 0 {
@@ -308,16 +295,13 @@ func (l *loader) document(name string, root *yaml.Node) {
 // sigs.k8s.io/yaml in strict mode, then checks the envelope.
 func (f *fileCtx) decode(root *yaml.Node, out any) bool {
 	before := len(f.l.problems)
-	f.walk(root, reflect.TypeOf(out).Elem(), "", root.Line)
+	w := strictyaml.Walker{Report: f.add, Visit: func(path string, line int) { f.lines[path] = line }}
+	w.Walk(root, reflect.TypeOf(out).Elem(), "")
 	if len(f.l.problems) > before {
 		return false
 	}
-	data, err := yaml.Marshal(root)
-	if err == nil {
-		err = yamlStrict(data, out)
-	}
-	if err != nil {
-		f.add(f.docLine, err.Error())
+	if err := strictyaml.DecodeJSON(root, out); err != nil {
+		f.add(f.docLine, strings.ReplaceAll(err.Error(), "policy: ", ""))
 		return false
 	}
 	v := reflect.ValueOf(out).Elem()
@@ -336,133 +320,6 @@ func (f *fileCtx) decode(root *yaml.Node, out any) bool {
 		f.add(f.docLine, "missing spec")
 	}
 	return len(f.l.problems) == before
-}
-
-var (
-	rawMessageType = reflect.TypeFor[json.RawMessage]()
-	checkerType    = reflect.TypeFor[nodeChecker]()
-)
-
-func join(path, name string) string {
-	if path == "" {
-		return name
-	}
-	return path + "." + name
-}
-
-// walk checks n against t; line is where path is reported (the key's line
-// for a mapping entry).
-func (f *fileCtx) walk(n *yaml.Node, t reflect.Type, path string, line int) {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if n.Kind == yaml.AliasNode {
-		f.add(n.Line, "YAML aliases are not allowed")
-		return
-	}
-	if path != "" {
-		f.lines[path] = line
-	}
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return
-	}
-	if t.Implements(checkerType) {
-		if msg := reflect.Zero(t).Interface().(nodeChecker).checkNode(n); msg != "" {
-			f.add(n.Line, path+": "+msg)
-		}
-		return
-	}
-	where := path
-	if where == "" {
-		where = "the document"
-	}
-	switch {
-	case t == rawMessageType || t.Kind() == reflect.Interface:
-		f.noAliases(n)
-		return
-	case t.Kind() == reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			f.add(n.Line, where+": want a mapping")
-			return
-		}
-		fields := map[string]reflect.StructField{}
-		for i := 0; i < t.NumField(); i++ {
-			sf := t.Field(i)
-			tag, _, _ := strings.Cut(sf.Tag.Get("json"), ",")
-			if !sf.IsExported() || tag == "-" || tag == "" {
-				continue
-			}
-			fields[tag] = sf
-		}
-		seen := map[string]bool{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			if k.Kind != yaml.ScalarNode {
-				f.add(k.Line, where+": keys must be strings")
-				continue
-			}
-			if seen[k.Value] {
-				f.add(k.Line, fmt.Sprintf("duplicate field %q in %s", k.Value, where))
-				continue
-			}
-			seen[k.Value] = true
-			sf, ok := fields[k.Value]
-			if !ok {
-				f.add(k.Line, fmt.Sprintf("unknown field %q in %s", k.Value, where))
-				continue
-			}
-			f.walk(v, sf.Type, join(path, k.Value), k.Line)
-		}
-	case t.Kind() == reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			f.add(n.Line, where+": want a mapping")
-			return
-		}
-		seen := map[string]bool{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			if k.Kind != yaml.ScalarNode {
-				f.add(k.Line, where+": keys must be strings")
-				continue
-			}
-			if seen[k.Value] {
-				f.add(k.Line, fmt.Sprintf("duplicate key %q in %s", k.Value, where))
-				continue
-			}
-			seen[k.Value] = true
-			f.walk(v, t.Elem(), join(path, k.Value), k.Line)
-		}
-	case t.Kind() == reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			f.add(n.Line, where+": want a list")
-			return
-		}
-		for i, c := range n.Content {
-			f.walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), c.Line)
-		}
-	case t.Kind() == reflect.String:
-		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
-			f.add(n.Line, where+": want a string")
-		}
-	case t.Kind() == reflect.Bool:
-		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-			f.add(n.Line, where+": want true or false")
-		}
-	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
-		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
-			f.add(n.Line, where+": want an integer")
-		}
-	}
-}
-
-func (f *fileCtx) noAliases(n *yaml.Node) {
-	if n.Kind == yaml.AliasNode {
-		f.add(n.Line, "YAML aliases are not allowed")
-		return
-	}
-	for _, c := range n.Content {
-		f.noAliases(c)
-	}
 }
 
 // claimName records a resource name, reporting duplicates per kind.
@@ -843,15 +700,4 @@ func (l *loader) authzPolicy(f *fileCtx, d *document[AuthorizationPolicy]) {
 	if l.claimName(f, KindAuthorizationPolicy, p.Name) {
 		l.set.AuthorizationPolicies = append(l.set.AuthorizationPolicies, p)
 	}
-}
-
-func yamlStrict(data []byte, out any) error {
-	if err := sigsyaml.UnmarshalStrict(data, out); err != nil {
-		msg := err.Error()
-		for _, p := range []string{"error unmarshaling JSON: ", "while decoding JSON: ", "json: ", "policy: "} {
-			msg = strings.ReplaceAll(msg, p, "")
-		}
-		return errors.New(msg)
-	}
-	return nil
 }

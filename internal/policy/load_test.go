@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -374,5 +375,28 @@ func TestIntrospectionSecretFileIsRelativeToTheResource(t *testing.T) {
 	}
 	if got, want := set.TrustedIssuers[0].Introspection.ClientSecretFile, filepath.Join(dir, "secrets/idp"); got != want {
 		t.Errorf("clientSecretFile = %q, want %q", got, want)
+	}
+}
+
+// Unquoted on, off, yes, no, y and n are strings (YAML 1.2, as the loader's
+// checks read them). Decoding the text again as YAML 1.1 turned them into
+// "true" and "false": a DENY rule on a header value "off" matched nothing.
+func TestYAML12Strings(t *testing.T) {
+	set, err := Parse("p.yaml", []byte(`apiVersion: postern.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: no-debug, labels: {legacy: yes}}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - {key: "request.headers[x-debug]", values: [on, y], notValues: [off, no]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := set.AuthorizationPolicies[0]
+	w := p.Rules[0].When[0]
+	if fmt.Sprintf("%v %v %s", w.Values, w.NotValues, p.Labels["legacy"]) != "[on y] [off no] yes" {
+		t.Errorf("values %q, notValues %q, label %q", w.Values, w.NotValues, p.Labels["legacy"])
 	}
 }

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	"postern.dev/postern/internal/strictyaml"
 )
 
 // RequestSpec is the YAML form of a Request, used in PolicyTest files and by
@@ -171,29 +170,20 @@ func ParseRequest(name string, data []byte) (*Request, error) {
 	if len(data) > MaxFileSize {
 		return nil, Problems{{File: name, Message: fmt.Sprintf("file is larger than %d bytes", MaxFileSize)}}
 	}
-	var root yaml.Node
-	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&root); err != nil || len(root.Content) == 0 {
-		msg := "empty request"
-		if err != nil && !errors.Is(err, io.EOF) {
-			msg = "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")
-		}
-		return nil, Problems{{File: name, Message: msg}}
-	}
-	l := &loader{}
-	f := &fileCtx{l: l, file: name, docLine: root.Content[0].Line, lines: map[string]int{}}
 	var spec RequestSpec
-	f.walk(root.Content[0], reflect.TypeFor[RequestSpec](), "", f.docLine)
-	if len(l.problems) == 0 {
-		out, err := yaml.Marshal(root.Content[0])
-		if err == nil {
-			err = yamlStrict(out, &spec)
+	if err := strictyaml.Unmarshal(name, data, &spec); err != nil {
+		var se *strictyaml.Error
+		if !errors.As(err, &se) {
+			return nil, err
 		}
-		if err != nil {
-			f.add(f.docLine, err.Error())
+		var ps Problems
+		for _, p := range se.Problems {
+			ps = append(ps, Problem{File: name, Line: p.Line, Message: strings.ReplaceAll(p.Message, "policy: ", "")})
 		}
+		return nil, ps.sorted()
 	}
-	if len(l.problems) > 0 {
-		return nil, l.problems.sorted()
+	if reflect.ValueOf(spec).IsZero() {
+		return nil, Problems{{File: name, Message: "empty request"}}
 	}
 	return spec.ToRequest(), nil
 }

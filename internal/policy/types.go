@@ -315,7 +315,9 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(time.Duration(d).String())
 }
 
-func (Duration) checkNode(n *yaml.Node) string {
+// CheckYAML reports a node that is not a duration string
+// (strictyaml.Checker), so the problem gets its line.
+func (Duration) CheckYAML(n *yaml.Node) string {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
 		return "want a duration string like \"5m\""
 	}
@@ -347,7 +349,8 @@ func (p *Port) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func (Port) checkNode(n *yaml.Node) string {
+// CheckYAML reports a node that is not a port number (strictyaml.Checker).
+func (Port) CheckYAML(n *yaml.Node) string {
 	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
 		return "want a port number"
 	}
@@ -357,7 +360,3 @@ func (Port) checkNode(n *yaml.Node) string {
 	}
 	return ""
 }
-
-// nodeChecker is implemented by scalar types that validate their YAML node
-// themselves, so the problem gets the right line.
-type nodeChecker interface{ checkNode(*yaml.Node) string }

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"postern.dev/postern/internal/policy"
+	"postern.dev/postern/internal/strictyaml"
 )
 
 // Config is the sidecar's configuration, as written in sidecar.yaml and
@@ -163,9 +163,9 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: config: %w", err)
 	}
-	c, err := ParseConfig(b)
+	c, err := parseConfig(path, b)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: config %s: %w", path, err)
+		return nil, fmt.Errorf("proxy: config %w", err)
 	}
 	c.resolve(filepath.Dir(path))
 	return c, nil
@@ -173,12 +173,19 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig decodes and validates a configuration; relative paths stay
 // relative.
-func ParseConfig(b []byte) (*Config, error) {
+func ParseConfig(b []byte) (*Config, error) { return parseConfig("", b) }
+
+// parseConfig is ParseConfig for a file named name ("": unnamed), whose
+// name the errors start with.
+func parseConfig(name string, b []byte) (*Config, error) {
 	var c Config
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+	if err := strictyaml.Unmarshal(name, b, &c); err != nil {
 		return nil, err
 	}
 	if err := c.Validate(); err != nil {
+		if name != "" {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
 		return nil, err
 	}
 	return &c, nil

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	goyaml "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
+
+	"postern.dev/postern/internal/strictyaml"
 )
 
 // Config is the control plane's configuration, as written in server.yaml.
@@ -148,6 +151,18 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// CheckYAML reports a node that is not a duration string
+// (strictyaml.Checker), so the problem gets its line.
+func (Duration) CheckYAML(n *goyaml.Node) string {
+	if n.Kind != goyaml.ScalarNode || n.Tag != "!!str" {
+		return "want a duration string such as \"5m\""
+	}
+	if v, err := time.ParseDuration(n.Value); err != nil || v < 0 {
+		return fmt.Sprintf("invalid duration %q", n.Value)
+	}
+	return ""
+}
+
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) {
 	return []byte(`"` + time.Duration(d).String() + `"`), nil
@@ -167,8 +182,8 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("server: config: %w", err)
 	}
 	var c Config
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
-		return nil, fmt.Errorf("server: config %s: %w", path, err)
+	if err := strictyaml.Unmarshal(path, b, &c); err != nil {
+		return nil, fmt.Errorf("server: config %w", err)
 	}
 	base := filepath.Dir(path)
 	for _, p := range []*string{&c.DataDir, &c.Resources, &c.Keys.KEKFile, &c.CA.UpstreamCert, &c.CA.UpstreamKey, &c.Attestation.K8s.JWKSFile} {

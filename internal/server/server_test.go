@@ -339,12 +339,17 @@ func TestLoadConfigErrors(t *testing.T) {
 		return p
 	}
 	for name, tc := range map[string]struct{ yaml, want string }{
-		"unknown field": {"trustDomain: a.test\nresources: r\nbogus: 1\n", "bogus"},
-		"bad duration":  {"trustDomain: a.test\nkeys: {leadTime: soon}\n", "invalid duration"},
+		"unknown field":  {"trustDomain: a.test\nresources: r\nbogus: 1\n", `c.yaml:3: unknown field "bogus" in the document`},
+		"unknown nested": {"trustDomain: a.test\ntokens:\n  defaultLifetme: 10m\n", `c.yaml:3: unknown field "defaultLifetme" in tokens`},
+		"bad duration":   {"trustDomain: a.test\nkeys: {leadTime: soon}\n", `c.yaml:2: keys.leadTime: invalid duration "soon"`},
+		// JSON decoding alone matched "datadir" to dataDir and let it win.
+		"case-insensitive duplicate": {"trustDomain: a.test\ndataDir: data\ndatadir: typo\n", `c.yaml:3: unknown field "datadir" in the document`},
+		"duplicate":                  {"trustDomain: a.test\ndataDir: data\ndataDir: other\n", `c.yaml:3: duplicate field "dataDir" in the document`},
+		"syntax":                     {"trustDomain: a.test\n dataDir: d\n", `c.yaml:2: invalid YAML`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := LoadConfig(write(tc.yaml))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err == nil || !strings.HasPrefix(err.Error(), "server: config "+dir+string(filepath.Separator)+tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
