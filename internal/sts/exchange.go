@@ -396,6 +396,15 @@ func (s *Service) issue(f form, c *caller, st *state, a *audit, sub *subject, ac
 	now := s.cfg.Now()
 	aud, oerr := target(f, st)
 	if oerr != nil {
+		// The audit line names what was asked for, bounded (the form's
+		// values are already bounded by the body size).
+		a.audience = f.get("audience")
+		if a.audience == "" {
+			a.audience = f.get("resource")
+		}
+		if len(a.audience) > 256 {
+			a.audience = a.audience[:256]
+		}
 		return nil, oerr
 	}
 	requested := scopesOf(f.get("scope"))

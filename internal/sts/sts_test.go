@@ -640,9 +640,11 @@ func TestAuditLines(t *testing.T) {
 	user := h.userToken("alice", "orders:read orders:write")
 	t1, _ := h.exchange(gatewayID, user, ordersID, "")
 	h.post(PathToken, exchangeForm(t1, TokenTypeAccessToken, financeID, ""), h.asPeer(ordersID))
+	h.post(PathToken, exchangeForm(t1, TokenTypeAccessToken, "no-such-service", ""), h.asPeer(ordersID))
 	out := h.audit.String()
 	for _, want := range []string{`"outcome":"issue"`, `"outcome":"deny"`, `"policy":"gateway-to-orders"`, `"policy":"nobody-to-finance"`,
-		`"subject":"alice"`, `"client":"` + gatewayID, `"decision_id":`, `"error":"access_denied"`} {
+		`"subject":"alice"`, `"client":"` + gatewayID, `"decision_id":`, `"error":"access_denied"`,
+		`"audience":"no-such-service"`, `"error":"invalid_target"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("audit log lacks %s:\n%s", want, out)
 		}
