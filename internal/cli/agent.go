@@ -13,6 +13,16 @@ import (
 // appear in the process list.
 const joinTokenEnv = "POSTERN_JOIN_TOKEN"
 
+// takeEnv returns an environment variable holding a secret and removes it
+// from the environment, so that no process started later inherits it.
+func takeEnv(name string) string {
+	v := os.Getenv(name)
+	if v != "" {
+		os.Unsetenv(name)
+	}
+	return v
+}
+
 func newAgentCmd(e *env) *cobra.Command {
 	var (
 		cfg       agent.Config
@@ -38,7 +48,7 @@ world-connectable (mode 0777), as callers are told apart by attestation.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.JoinToken == "" && cfg.K8sTokenFile == "" {
-				cfg.JoinToken = os.Getenv(joinTokenEnv)
+				cfg.JoinToken = takeEnv(joinTokenEnv)
 			}
 			switch {
 			case cfg.ServerURL == "":

@@ -65,3 +65,18 @@ func TestCAJoinToken(t *testing.T) {
 		})
 	}
 }
+
+// The join token is taken out of the environment, so that no process the
+// agent or sidecar starts inherits it.
+func TestTakeEnv(t *testing.T) {
+	t.Setenv(joinTokenEnv, "secret-token")
+	if got := takeEnv(joinTokenEnv); got != "secret-token" {
+		t.Errorf("takeEnv = %q", got)
+	}
+	if v, ok := os.LookupEnv(joinTokenEnv); ok {
+		t.Errorf("%s still set to %q", joinTokenEnv, v)
+	}
+	if got := takeEnv(joinTokenEnv); got != "" {
+		t.Errorf("second takeEnv = %q", got)
+	}
+}

@@ -49,6 +49,9 @@ keys and its revocation list are held) and Prometheus /metrics. SIGTERM drains r
 				fmt.Fprintf(e.stdout, "%s: configuration is valid\n", config)
 				return nil
 			}
+			if a := cfg.SPIFFE.Attest; a != nil && a.JoinTokenFile == "" && a.K8sTokenFile == "" {
+				a.JoinToken = takeEnv(joinTokenEnv)
+			}
 			logger, err := logs.logger(cmd, e, cfg.Log.Level, cfg.Log.Format)
 			if err != nil {
 				return err

@@ -33,10 +33,14 @@ type AttestSource struct {
 	// Bundle is the PEM file of the trust domain's roots used to trust the
 	// server at first contact; the live bundle replaces it afterwards.
 	Bundle string `json:"bundle"`
-	// JoinTokenFile holds a join token (the POSTERN_JOIN_TOKEN environment
-	// variable is read when it is empty). A join token works once: a
+	// JoinTokenFile holds a join token. A join token works once: a
 	// restarted sidecar needs a new one, or Kubernetes attestation.
 	JoinTokenFile string `json:"joinTokenFile,omitempty"`
+	// JoinToken is a join token held in memory, never in a file: `postern
+	// sidecar` moves the POSTERN_JOIN_TOKEN environment variable here and
+	// removes it from its environment, so that processes it starts do not
+	// inherit it. JoinTokenFile, when set, wins.
+	JoinToken string `json:"-"`
 	// K8sTokenFile is a projected service-account token, re-read at every
 	// attestation.
 	K8sTokenFile string `json:"k8sTokenFile,omitempty"`
@@ -136,8 +140,8 @@ func (s *AttestedSource) credential() (method, tok string, err error) {
 			return "", "", fmt.Errorf("proxy: attest: %w", err)
 		}
 		return nodeapi.MethodJoinToken, strings.TrimSpace(string(b)), nil
-	case os.Getenv("POSTERN_JOIN_TOKEN") != "":
-		return nodeapi.MethodJoinToken, strings.TrimSpace(os.Getenv("POSTERN_JOIN_TOKEN")), nil
+	case s.cfg.JoinToken != "":
+		return nodeapi.MethodJoinToken, strings.TrimSpace(s.cfg.JoinToken), nil
 	}
 	return "", "", errors.New("proxy: attest: a join token (joinTokenFile or POSTERN_JOIN_TOKEN) or a k8sTokenFile is required")
 }

@@ -124,3 +124,23 @@ func TestAttestedSourceExpiredAndClose(t *testing.T) {
 		t.Fatal("Run kept going after Close")
 	}
 }
+
+// A join token held in memory (what `postern sidecar` moves out of
+// POSTERN_JOIN_TOKEN) attests like one in a file.
+func TestAttestedSourceJoinTokenInMemory(t *testing.T) {
+	srv := startAttestServer(t)
+	cfg := joinTokenSource(t, srv, t.TempDir())
+	b, err := os.ReadFile(cfg.JoinTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.JoinTokenFile, cfg.JoinToken = "", string(b)
+	src, err := NewAttestedSource(context.Background(), cfg, attestTD, nil, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if got := src.svid.Load().ID; got != attestID {
+		t.Errorf("SVID for %s, want %s", got, attestID)
+	}
+}
