@@ -118,7 +118,21 @@ func (h *Handler) forRole(e *policy.Engine, id spiffeid.ID, role, what string) (
 	if !ok {
 		return id, nil, errorf(http.StatusForbidden, CodeForbidden, "%s is not a known Workload", id)
 	}
+	if aerr := directlyAttestable(wl); aerr != nil {
+		return id, nil, aerr
+	}
 	return id, wl, nil
+}
+
+// directlyAttestable refuses a Workload whose selectors are all unix
+// selectors: only a node agent can check those (it sees the caller's
+// process), so its SVIDs come through agents alone, at attestation and at
+// every renewal.
+func directlyAttestable(wl *policy.Workload) *apiError {
+	if attest.AgentServable(wl.Selectors) {
+		return errorf(http.StatusForbidden, CodeForbidden, "Workload %s has only unix selectors: its SVIDs are obtained through a node agent, not by direct attestation", wl.SPIFFEID)
+	}
+	return nil
 }
 
 func (h *Handler) attestK8s(ctx context.Context, e *policy.Engine, tok, role string) (spiffeid.ID, *policy.Workload, *apiError) {
@@ -133,6 +147,9 @@ func (h *Handler) attestK8s(ctx context.Context, e *policy.Engine, tok, role str
 		return spiffeid.ID{}, nil, errorf(http.StatusUnauthorized, CodeAttestationFailed, "the Kubernetes service-account token names no namespace and service account")
 	}
 	if role == RoleAgent {
+		if !h.k8sAgents[k.Namespace+":"+k.ServiceAccount] {
+			return spiffeid.ID{}, nil, errorf(http.StatusForbidden, CodeForbidden, "service account %s/%s may not attest as an agent (it is not in attestation.k8s.agentServiceAccounts)", k.Namespace, k.ServiceAccount)
+		}
 		id, err := k.AgentSPIFFEID(h.cfg.TrustDomain)
 		if err != nil {
 			return spiffeid.ID{}, nil, errorf(http.StatusUnauthorized, CodeAttestationFailed, "the Kubernetes service-account token is not bound to a node").withCause(err)

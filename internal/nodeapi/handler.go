@@ -103,6 +103,11 @@ type Config struct {
 	JoinTokens JoinTokens
 	// K8s verifies PSATs; nil disables k8s_psat attestation.
 	K8s K8sAttestor
+	// K8sAgents lists the service accounts, as "namespace:name", whose
+	// pods may attest as agents with a PSAT. Every pod can obtain a token
+	// for the server's audience, so without an entry here no pod is an
+	// agent (the allow list of SPIRE's k8s_psat attestor).
+	K8sAgents []string
 	// SVIDTTL is the CA's default X.509-SVID lifetime, reported for
 	// Workloads that name none (default ca.DefaultSVIDTTL). Issuance leaves
 	// the default to the CA.
@@ -120,7 +125,9 @@ type Config struct {
 
 // Handler serves the node API under Prefix. It is safe for concurrent use.
 type Handler struct {
-	cfg    Config
+	cfg       Config
+	k8sAgents map[string]bool // "namespace:name"
+
 	log    *slog.Logger
 	audit  *slog.Logger
 	signer atomic.Pointer[token.Signer]
@@ -159,7 +166,15 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Audit == nil {
 		cfg.Audit = cfg.Logger
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger, audit: cfg.Audit}, nil
+	agents := map[string]bool{}
+	for _, sa := range cfg.K8sAgents {
+		ns, name, ok := strings.Cut(sa, ":")
+		if !ok || ns == "" || name == "" || strings.Contains(name, ":") {
+			return nil, fmt.Errorf("nodeapi: config: k8s agent service account %q: want namespace:name", sa)
+		}
+		agents[sa] = true
+	}
+	return &Handler{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, k8sAgents: agents}, nil
 }
 
 // apiError is an error answer: the public code and description, and the
@@ -459,6 +474,11 @@ func (h *Handler) renew(w http.ResponseWriter, r *http.Request, rec *record) (an
 		var ok bool
 		if wl, ok = workloadFor(e, id); !ok {
 			return nil, errorf(http.StatusForbidden, CodeForbidden, "%s is not a known Workload (any more)", id)
+		}
+		// The Workload may have become agent-only since the attestation
+		// that this renewal chain started from.
+		if aerr := directlyAttestable(wl); aerr != nil {
+			return nil, aerr
 		}
 	}
 	b, aerr := h.issue(r.Context(), req, id, wl)

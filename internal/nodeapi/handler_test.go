@@ -81,7 +81,10 @@ func TestAttest(t *testing.T) {
 	}{
 		{name: "join token agent", method: MethodJoinToken, token: func() string { return agentTok }, role: RoleAgent, id: agentA, ttl: time.Hour},
 		{name: "join token replayed", method: MethodJoinToken, token: func() string { return agentTok }, role: RoleAgent, status: 401, code: CodeAttestationFailed},
-		{name: "join token workload", method: MethodJoinToken, token: func() string { return e.joinToken(t, webID) }, role: RoleWorkload, id: webID, dns: []string{"web.shop.svc"}, ttl: 10 * time.Minute},
+		{name: "join token workload", method: MethodJoinToken, token: func() string { return e.joinToken(t, directID) }, role: RoleWorkload, id: directID, dns: []string{"direct.shop.svc"}, ttl: 10 * time.Minute},
+		// A Workload with only unix selectors is served through agents:
+		// an agent checks the process; a join token cannot.
+		{name: "join token for an agent-only workload", method: MethodJoinToken, token: func() string { return e.joinToken(t, webID) }, role: RoleWorkload, status: 403, code: CodeForbidden},
 		{name: "join token unknown", method: MethodJoinToken, token: func() string { return strings.Repeat("A", 43) }, role: RoleAgent, status: 401, code: CodeAttestationFailed},
 		{name: "join token garbage", method: MethodJoinToken, token: func() string { return "not a token" }, role: RoleAgent, status: 401, code: CodeAttestationFailed},
 		{name: "agent token as workload", method: MethodJoinToken, token: func() string { return e.joinToken(t, agentB) }, role: RoleWorkload, status: 403, code: CodeForbidden},
@@ -95,6 +98,9 @@ func TestAttest(t *testing.T) {
 			cleanup: func() { e.joins.mu.Lock(); e.joins.fail = nil; e.joins.mu.Unlock() },
 		},
 		{name: "k8s agent", method: MethodK8sPSAT, token: func() string { return "pod-agent" }, role: RoleAgent, id: "spiffe://example.org/postern/agent/k8s/postern/agent/node-7", ttl: time.Hour},
+		// Any pod can get a token for the server's audience: only the
+		// listed service accounts become agents.
+		{name: "k8s pod not listed as an agent", method: MethodK8sPSAT, token: func() string { return "pod-shop-other" }, role: RoleAgent, status: 403, code: CodeForbidden},
 		{name: "k8s agent without node", method: MethodK8sPSAT, token: func() string { return "pod-no-node" }, role: RoleAgent, status: 401, code: CodeAttestationFailed},
 		{name: "k8s workload mapped by selectors", method: MethodK8sPSAT, token: func() string { return "pod-prod-api" }, role: RoleWorkload, id: mappedID, ttl: time.Hour},
 		// db is at ns/shop/sa/db but asks for unix selectors: the
@@ -197,7 +203,7 @@ func TestRenew(t *testing.T) {
 		return &tlsCertAndClient{cert, e.client(t, cert)}
 	}
 	agent := attestAs(agentA, RoleAgent)
-	web := attestAs(webID, RoleWorkload)
+	web := attestAs(directID, RoleWorkload)
 
 	s, err := agent.c.Renew(ctx, csrFor(t, newKey(t)))
 	if err != nil {
@@ -208,7 +214,7 @@ func TestRenew(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.checkSVID(t, s, webID, []string{"web.shop.svc"}, 10*time.Minute)
+	e.checkSVID(t, s, directID, []string{"direct.shop.svc"}, 10*time.Minute)
 
 	_, err = e.client(t, nil).Renew(ctx, csrFor(t, newKey(t)))
 	wantErr(t, err, 401, CodeUnauthenticated)
@@ -232,6 +238,13 @@ func TestRenew(t *testing.T) {
 	db := e.client(t, tlsCert(got[0].Certificates, dbKey))
 	_, err = db.Renew(ctx, csrFor(t, newKey(t)))
 	wantErr(t, err, 403, CodeForbidden)
+
+	// A Workload that becomes agent-only (unix selectors) stops renewing
+	// directly: its SVIDs come through an agent from then on.
+	e.engine.Store(compilePolicy(t, strings.Replace(resources, "  svidTTL: 10m\n  dnsNames: [direct.shop.svc]\n", "  selectors: [{type: unix, value: \"uid:3000\"}]\n", 1)))
+	_, err = web.c.Renew(ctx, csrFor(t, newKey(t)))
+	wantErr(t, err, 403, CodeForbidden)
+	e.engine.Store(compilePolicy(t, resources))
 
 	// A deleted Workload stops renewing; agents go on.
 	e.engine.Store(compilePolicy(t, "apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: db}\nspec: {spiffeID: \"spiffe://example.org/ns/shop/sa/db\"}\n"))

@@ -41,14 +41,16 @@ const (
 	agentA   = "spiffe://example.org/postern/agent/node-a"
 	agentB   = "spiffe://example.org/postern/agent/node-b"
 	webID    = "spiffe://example.org/ns/shop/sa/web"
+	directID = "spiffe://example.org/ns/shop/sa/direct"
 	dbID     = "spiffe://example.org/ns/shop/sa/db"
 	mappedID = "spiffe://example.org/apps/mapped"
 	testIss  = "https://sts.example.org"
 )
 
 // resources: web only for agent node-a, with a TTL and DNS names; db for any
-// agent; mapped by k8s selectors; bare has no selectors, so no agent may
-// obtain its SVIDs.
+// agent; mapped by k8s selectors; bare and direct have no selectors, so no
+// agent may obtain their SVIDs (direct has a TTL and DNS names for the
+// join-token tests).
 const resources = `apiVersion: postern.dev/v1
 kind: Workload
 metadata: {name: web}
@@ -71,6 +73,14 @@ kind: Workload
 metadata: {name: bare}
 spec:
   spiffeID: spiffe://example.org/ns/shop/sa/bare
+---
+apiVersion: postern.dev/v1
+kind: Workload
+metadata: {name: direct}
+spec:
+  spiffeID: spiffe://example.org/ns/shop/sa/direct
+  svidTTL: 10m
+  dnsNames: [direct.shop.svc]
 ---
 apiVersion: postern.dev/v1
 kind: Workload
@@ -269,7 +279,8 @@ func newEnv(t testing.TB) *env {
 			"pod-agent":      {Namespace: "postern", ServiceAccount: "agent", PodName: "agent-x", PodUID: "u4", NodeName: "node-7"},
 			"pod-no-node":    {Namespace: "postern", ServiceAccount: "agent", PodName: "agent-y", PodUID: "u5"},
 		},
-		Audit: slog.New(slog.NewJSONHandler(e.audit, nil)),
+		K8sAgents: []string{"postern:agent"},
+		Audit:     slog.New(slog.NewJSONHandler(e.audit, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,9 @@ import (
 	"postern.dev/postern/internal/strictyaml"
 )
 
+// MaxSVIDTTL bounds a Workload's svidTTL.
+const MaxSVIDTTL = 24 * time.Hour
+
 // MaxFileSize bounds one resource file.
 const MaxFileSize = 1 << 20
 
@@ -442,6 +445,8 @@ func (l *loader) workload(f *fileCtx, d *document[workloadSpec]) {
 	nonEmpty(f, "spec.dnsNames", "dnsNames", s.DNSNames)
 	if w.SVIDTTL < 0 {
 		f.report("spec.svidTTL", "svidTTL: must be positive")
+	} else if w.SVIDTTL > MaxSVIDTTL {
+		f.report("spec.svidTTL", fmt.Sprintf("svidTTL: %s is longer than %s; short-lived SVIDs are the point (renewal is automatic)", w.SVIDTTL, MaxSVIDTTL))
 	}
 	for i, sel := range s.Selectors {
 		if sel.Type == "" || sel.Value == "" {

@@ -43,6 +43,11 @@ func TestParseProblems(t *testing.T) {
 			want: []string{`f.yaml:2: unknown kind "Gizmo" (want Workload, TrustedIssuer, ExchangePolicy, AuthorizationPolicy, Federation or PolicyTest)`},
 		},
 		{
+			name: "svidTTL too long",
+			yaml: "apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec:\n  spiffeID: spiffe://td.test/w\n  svidTTL: 720h\n",
+			want: []string{`f.yaml:6: svidTTL: 720h0m0s is longer than 24h0m0s; short-lived SVIDs are the point (renewal is automatic)`},
+		},
+		{
 			name: "unknown field deep inside, with its line",
 			yaml: `apiVersion: postern.dev/v1
 kind: AuthorizationPolicy

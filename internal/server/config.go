@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -118,6 +119,11 @@ type K8sAttestationConfig struct {
 	// server; read at start. Empty: the keys are found by OIDC discovery on
 	// Issuer and kept fresh.
 	JWKSFile string `json:"jwksFile,omitempty"`
+	// AgentServiceAccounts lists the service accounts, as
+	// "namespace:name", whose pods may attest as node agents. Any pod can
+	// request a token for Audience, so only these become agents; empty:
+	// none (pods still attest as workloads).
+	AgentServiceAccounts []string `json:"agentServiceAccounts,omitempty"`
 }
 
 // ServingConfig names the server certificate's subject alternative names.
@@ -219,6 +225,13 @@ func (c *Config) setDefaults() error {
 		return errors.New("server: config: attestation.k8s needs an issuer")
 	} else if k.Issuer != "" && k.Audience == "" {
 		return errors.New("server: config: attestation.k8s needs an audience")
+	} else if k.Issuer == "" && len(k.AgentServiceAccounts) > 0 {
+		return errors.New("server: config: attestation.k8s.agentServiceAccounts needs an issuer")
+	}
+	for _, sa := range c.Attestation.K8s.AgentServiceAccounts {
+		if ns, name, ok := strings.Cut(sa, ":"); !ok || ns == "" || name == "" || strings.Contains(name, ":") {
+			return fmt.Errorf("server: config: attestation.k8s.agentServiceAccounts: %q: want namespace:name", sa)
+		}
 	}
 	for _, ip := range c.Serving.IPAddresses {
 		if net.ParseIP(ip) == nil {

@@ -203,7 +203,8 @@ func TestNodeAPIKubernetes(t *testing.T) {
 	}
 	const issuer = "https://kubernetes.default.svc"
 	srv := startQuickstartWith(t, func(c *Config) {
-		c.Attestation.K8s = K8sAttestationConfig{Issuer: issuer, Audience: "postern", JWKSFile: filepath.Join(dir, "jwks.json")}
+		c.Attestation.K8s = K8sAttestationConfig{Issuer: issuer, Audience: "postern", JWKSFile: filepath.Join(dir, "jwks.json"),
+			AgentServiceAccounts: []string{"postern:agent"}}
 	})
 	signer, err := token.NewSigner("k1", jose.ES256, key, "")
 	if err != nil {
@@ -239,6 +240,13 @@ func TestNodeAPIKubernetes(t *testing.T) {
 	s, err := c.Attest(ctx, nodeapi.MethodK8sPSAT, psat("postern", "agent", "postern"), nodeapi.RoleAgent, csr)
 	if err != nil || s.SPIFFEID != "spiffe://quickstart.local/postern/agent/k8s/postern/agent/node-7" {
 		t.Fatalf("agent: %v %v", s, err)
+	}
+	// Any pod can get a token for the audience: only a listed service
+	// account's pods become agents.
+	_, err = c.Attest(ctx, nodeapi.MethodK8sPSAT, psat("shop", "gateway", "postern"), nodeapi.RoleAgent, csr)
+	var fe *nodeapi.Error
+	if !errors.As(err, &fe) || fe.Status != http.StatusForbidden {
+		t.Errorf("an unlisted service account attested as an agent: %v", err)
 	}
 	s, err = c.Attest(ctx, nodeapi.MethodK8sPSAT, psat("shop", "gateway", "postern"), nodeapi.RoleWorkload, csr)
 	if err != nil || s.SPIFFEID != gatewayID {

@@ -236,6 +236,7 @@ func (s *Server) newNodeAPI(cfg *Config, issuer string, logger, audit *slog.Logg
 			return fmt.Errorf("server: attestation.k8s: %w", err)
 		}
 		s.k8s, nc.K8s = a, a
+		nc.K8sAgents = k.AgentServiceAccounts
 	}
 	h, err := nodeapi.NewHandler(nc)
 	if err != nil {

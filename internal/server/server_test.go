@@ -364,6 +364,12 @@ func TestLoadConfigErrors(t *testing.T) {
 	if err := (&Config{TrustDomain: "not a domain!"}).setDefaults(); err == nil {
 		t.Error("bad trust domain accepted")
 	}
+	for _, sas := range [][]string{{"agent"}, {":agent"}, {"postern:"}, {"a:b:c"}} {
+		c := &Config{TrustDomain: "a.test", Attestation: AttestationConfig{K8s: K8sAttestationConfig{Issuer: "https://k8s", Audience: "postern", AgentServiceAccounts: sas}}}
+		if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "want namespace:name") {
+			t.Errorf("agentServiceAccounts %q: err = %v", sas, err)
+		}
+	}
 }
 
 const cryptoSHA256 = crypto.SHA256
