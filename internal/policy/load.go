@@ -298,13 +298,17 @@ func (l *loader) document(name string, root *yaml.Node) {
 // sigs.k8s.io/yaml in strict mode, then checks the envelope.
 func (f *fileCtx) decode(root *yaml.Node, out any) bool {
 	before := len(f.l.problems)
-	w := strictyaml.Walker{Report: f.add, Visit: func(path string, line int) { f.lines[path] = line }}
+	w := strictyaml.Walker{Report: f.add, Visit: func(path string, line int) { f.lines[path] = line }, RefuseEmptyLists: true}
 	w.Walk(root, reflect.TypeOf(out).Elem(), "")
 	if len(f.l.problems) > before {
 		return false
 	}
 	if err := strictyaml.DecodeJSON(root, out); err != nil {
-		f.add(f.docLine, strings.ReplaceAll(err.Error(), "policy: ", ""))
+		line, msg := f.docLine, err.Error()
+		if le, ok := errors.AsType[*strictyaml.LineError](err); ok {
+			line, msg = le.Line, le.Msg
+		}
+		f.add(line, strings.ReplaceAll(msg, "policy: ", ""))
 		return false
 	}
 	v := reflect.ValueOf(out).Elem()

@@ -184,13 +184,26 @@ spec:
 		},
 		{
 			name: "trusted issuer checks",
-			yaml: "apiVersion: postern.dev/v1\nkind: TrustedIssuer\nmetadata: {name: a}\nspec:\n  issuer: http://idp.example\n  jwksURI: https://idp.example/jwks\n  discovery: true\n  audiences: []\n  algorithms: [HS256, none]\n",
+			yaml: "apiVersion: postern.dev/v1\nkind: TrustedIssuer\nmetadata: {name: a}\nspec:\n  issuer: http://idp.example\n  jwksURI: https://idp.example/jwks\n  discovery: true\n  algorithms: [HS256, none]\n",
 			want: []string{
 				`f.yaml:4: at most one of jwks, jwksURI and discovery: true`,
+				`f.yaml:4: audiences: required`,
 				`f.yaml:5: issuer: "http://idp.example": URL must use https (http only for localhost)`,
-				`f.yaml:8: audiences: required`,
-				`f.yaml:9: algorithms: "HS256" is not allowed (none and HS* never are)`,
-				`f.yaml:9: algorithms: "none" is not allowed (none and HS* never are)`,
+				`f.yaml:8: algorithms: "HS256" is not allowed (none and HS* never are)`,
+				`f.yaml:8: algorithms: "none" is not allowed (none and HS* never are)`,
+			},
+		},
+		{
+			// In policies an absent list means "any": an explicit empty one
+			// (or a key whose entries were all commented out) is refused
+			// rather than read as either.
+			name: "empty lists and values",
+			yaml: "apiVersion: postern.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  selector:\n  rules:\n  - from: []\n    to:\n    - operation: {methods: [], ports: [0443]}\n",
+			want: []string{
+				`f.yaml:5: spec.selector: empty value; give it a value or leave the key out`,
+				`f.yaml:7: spec.rules[0].from: empty list; list values, or leave the key out`,
+				`f.yaml:9: spec.rules[0].to[0].operation.methods: empty list; list values, or leave the key out`,
+				`f.yaml:9: spec.rules[0].to[0].operation.ports[0]: invalid port "0443"`,
 			},
 		},
 		{

@@ -11,6 +11,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
+
+	"postern.dev/postern/internal/strictyaml"
 )
 
 // APIVersion is the apiVersion every resource document carries.
@@ -203,7 +205,7 @@ type ExchangePolicy struct {
 	Audiences []string `json:"audiences"`
 	// Scopes is the scope ceiling: nil (omitted) means no ceiling, empty
 	// means no scope at all.
-	Scopes []string `json:"scopes,omitempty"`
+	Scopes []string `json:"scopes,omitempty" strictyaml:"emptyok"`
 	// Claims are user claims carried into the issued token.
 	Claims []string `json:"claims,omitempty"`
 	// MaxLifetime of the issued token (default 5m, at most 24h).
@@ -354,7 +356,16 @@ func (Port) CheckYAML(n *yaml.Node) string {
 	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
 		return "want a port number"
 	}
-	v, err := strconv.Atoi(n.Value)
+	s := n.Value
+	if n.Tag == "!!int" {
+		// Read as it will be decoded: 0443 is refused, not taken as 443
+		// here and as octal 291 there.
+		var ok bool
+		if s, ok = strictyaml.Int(n); !ok {
+			return fmt.Sprintf("invalid port %q", n.Value)
+		}
+	}
+	v, err := strconv.Atoi(s)
 	if err != nil || v < 1 || v > 65535 {
 		return fmt.Sprintf("invalid port %q", n.Value)
 	}

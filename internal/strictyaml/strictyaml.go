@@ -24,6 +24,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -41,12 +42,21 @@ var (
 )
 
 // Walker checks a YAML node tree against a Go type.
+//
+// A null value (`key:` with nothing after it, or `~`) is refused outside
+// free-form parts: it is what is left when every entry under a key was
+// commented out, and decoding it as "field left out" can turn a narrow
+// rule into one that matches anything.
 type Walker struct {
 	// Report is called with each problem and its 1-based line.
 	Report func(line int, msg string)
 	// Visit, when set, is called with the path of each field and element
 	// ("spec.rules[0].from") and the line that names it.
 	Visit func(path string, line int)
+	// RefuseEmptyLists reports an explicit empty list ([]) in a struct
+	// field, unless the field's tag says `strictyaml:"emptyok"`: in
+	// policies an absent list means "any", and [] reads like "none".
+	RefuseEmptyLists bool
 }
 
 // Walk checks n against t; path names n in messages ("" for the document).
@@ -75,6 +85,9 @@ func (w *Walker) walk(n *yaml.Node, t reflect.Type, path string, line int) {
 		w.Visit(path, line)
 	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		if t != rawMessageType && t.Kind() != reflect.Interface {
+			w.Report(n.Line, describe(path)+": empty value; give it a value or leave the key out")
+		}
 		return
 	}
 	if t.Implements(checkerType) {
@@ -83,10 +96,7 @@ func (w *Walker) walk(n *yaml.Node, t reflect.Type, path string, line int) {
 		}
 		return
 	}
-	where := path
-	if where == "" {
-		where = "the document"
-	}
+	where := describe(path)
 	switch {
 	case t == rawMessageType || t.Kind() == reflect.Interface:
 		w.noAliases(n)
@@ -110,7 +120,12 @@ func (w *Walker) walk(n *yaml.Node, t reflect.Type, path string, line int) {
 				w.Report(k.Line, fmt.Sprintf("unknown field %q in %s", k.Value, where))
 				return
 			}
-			w.walk(v, sf.Type, join(path, k.Value), k.Line)
+			p := join(path, k.Value)
+			if w.RefuseEmptyLists && v.Kind == yaml.SequenceNode && len(v.Content) == 0 && sf.Tag.Get("strictyaml") != "emptyok" {
+				w.Report(k.Line, p+": empty list; list values, or leave the key out")
+				return
+			}
+			w.walk(v, sf.Type, p, k.Line)
 		})
 	case t.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
@@ -138,14 +153,66 @@ func (w *Walker) walk(n *yaml.Node, t reflect.Type, path string, line int) {
 			w.Report(n.Line, where+": want true or false")
 		}
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
-		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
-			w.Report(n.Line, where+": want an integer")
+		if _, ok := Int(n); !ok {
+			w.Report(n.Line, where+": want an integer ("+intForms+")")
 		}
 	case t.Kind() == reflect.Float32 || t.Kind() == reflect.Float64:
-		if n.Kind != yaml.ScalarNode || (n.Tag != "!!float" && n.Tag != "!!int") {
+		if _, ok := Int(n); !ok && (n.Kind != yaml.ScalarNode || n.Tag != "!!float") {
 			w.Report(n.Line, where+": want a number")
 		}
 	}
+}
+
+func describe(path string) string {
+	if path == "" {
+		return "the document"
+	}
+	return path
+}
+
+const intForms = "decimal without leading zeros, 0o octal or 0x hex"
+
+// Int returns the value of an integer scalar written as YAML 1.2 writes
+// one: decimal ([-+]?[0-9]+) without leading zeros, 0o octal or 0x hex. A
+// leading-zero decimal is refused rather than guessed at (YAML 1.1, and
+// yaml.v3, read 0443 as octal 291), and so are 1.1's 0b, _ and base 60.
+// The value is a decimal string, so uint64 values fit too.
+func Int(n *yaml.Node) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		return "", false
+	}
+	v := n.Value
+	sign := ""
+	if v != "" && (v[0] == '-' || v[0] == '+') {
+		if v[0] == '-' {
+			sign = "-"
+		}
+		v = v[1:]
+	}
+	base := 10
+	switch {
+	case strings.HasPrefix(v, "0o"):
+		base, v = 8, v[2:]
+	case strings.HasPrefix(v, "0x"):
+		base, v = 16, v[2:]
+	case len(v) > 1 && v[0] == '0':
+		return "", false
+	}
+	if v == "" || strings.ContainsAny(v, "_+-") {
+		return "", false
+	}
+	if sign == "-" {
+		i, err := strconv.ParseInt(sign+v, base, 64)
+		if err != nil {
+			return "", false
+		}
+		return strconv.FormatInt(i, 10), true
+	}
+	u, err := strconv.ParseUint(v, base, 64)
+	if err != nil {
+		return "", false
+	}
+	return strconv.FormatUint(u, 10), true
 }
 
 // mapping calls each with every entry of a mapping node whose key is a
@@ -241,7 +308,7 @@ func ParseError(err error) Problem {
 func DecodeJSON(n *yaml.Node, out any) error {
 	var b bytes.Buffer
 	if err := appendJSON(&b, n, 0); err != nil {
-		return err
+		return err // a *LineError
 	}
 	dec := json.NewDecoder(&b)
 	dec.DisallowUnknownFields()
@@ -257,7 +324,7 @@ const maxDepth = 64
 // appendJSON writes n as JSON.
 func appendJSON(b *bytes.Buffer, n *yaml.Node, depth int) error {
 	if depth > maxDepth {
-		return fmt.Errorf("line %d: nested more than %d levels deep", n.Line, maxDepth)
+		return &LineError{n.Line, fmt.Sprintf("nested more than %d levels deep", maxDepth)}
 	}
 	switch n.Kind {
 	case yaml.DocumentNode:
@@ -267,19 +334,27 @@ func appendJSON(b *bytes.Buffer, n *yaml.Node, depth int) error {
 		}
 		return appendJSON(b, n.Content[0], depth)
 	case yaml.AliasNode:
-		return fmt.Errorf("line %d: YAML aliases are not allowed", n.Line)
+		return &LineError{n.Line, "YAML aliases are not allowed"}
 	case yaml.MappingNode:
 		b.WriteByte('{')
-		seen := map[string]bool{}
+		seen := map[string]string{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
-			if k.Kind != yaml.ScalarNode || k.ShortTag() == "!!merge" {
-				return fmt.Errorf("line %d: keys must be strings", k.Line)
+			if k.ShortTag() == "!!merge" {
+				return &LineError{k.Line, "YAML merge keys (<<) are not allowed"}
 			}
-			if seen[k.Value] {
-				return fmt.Errorf("line %d: duplicate key %q", k.Line, k.Value)
+			if k.Kind != yaml.ScalarNode {
+				return &LineError{k.Line, "keys must be strings"}
 			}
-			seen[k.Value] = true
+			// encoding/json matches object keys to struct fields
+			// case-insensitively (K, the Kelvin sign, and ſ included), so
+			// two keys that fold alike would let the later one win
+			// silently.
+			f := fold(k.Value)
+			if first, ok := seen[f]; ok {
+				return &LineError{k.Line, fmt.Sprintf("key %q repeats %q (keys may not differ only in case)", clip(k.Value), clip(first))}
+			}
+			seen[f] = k.Value
 			if i > 0 {
 				b.WriteByte(',')
 			}
@@ -306,8 +381,36 @@ func appendJSON(b *bytes.Buffer, n *yaml.Node, depth int) error {
 	case yaml.ScalarNode:
 		return appendScalar(b, n)
 	}
-	return fmt.Errorf("line %d: unexpected YAML node", n.Line)
+	return &LineError{n.Line, "unexpected YAML node"}
 }
+
+// fold is the key under encoding/json's case-insensitive matching.
+func fold(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '\u212a': // Kelvin sign
+			return 'k'
+		case '\u017f': // long s
+			return 's'
+		}
+		return unicode.ToLower(r)
+	}, s)
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// LineError is a problem DecodeJSON found at a line of the document.
+type LineError struct {
+	Line int
+	Msg  string
+}
+
+func (e *LineError) Error() string { return fmt.Sprintf("line %d: %s", e.Line, e.Msg) }
 
 // appendScalar writes a scalar by its resolved tag.
 func appendScalar(b *bytes.Buffer, n *yaml.Node) error {
@@ -316,31 +419,30 @@ func appendScalar(b *bytes.Buffer, n *yaml.Node) error {
 		b.WriteString("null")
 	case "!!str", "!!timestamp", "!!binary":
 		writeString(b, n.Value)
+	// The messages do not repeat the value: it may be part of a key.
 	case "!!bool":
-		var v bool
-		if err := n.Decode(&v); err != nil {
-			return fmt.Errorf("line %d: %q is not a boolean", n.Line, n.Value)
+		switch n.Value {
+		case "true", "True", "TRUE":
+			b.WriteString("true")
+		case "false", "False", "FALSE":
+			b.WriteString("false")
+		default:
+			return &LineError{n.Line, "not a boolean (true or false)"}
 		}
-		b.WriteString(strconv.FormatBool(v))
 	case "!!int":
-		var v int64
-		if err := n.Decode(&v); err == nil {
-			b.WriteString(strconv.FormatInt(v, 10))
-			return nil
+		v, ok := Int(n)
+		if !ok {
+			return &LineError{n.Line, "not an integer in range (" + intForms + ")"}
 		}
-		var u uint64
-		if err := n.Decode(&u); err != nil {
-			return fmt.Errorf("line %d: integer %s is out of range", n.Line, n.Value)
-		}
-		b.WriteString(strconv.FormatUint(u, 10))
+		b.WriteString(v)
 	case "!!float":
 		var v float64
 		if err := n.Decode(&v); err != nil || math.IsInf(v, 0) || math.IsNaN(v) {
-			return fmt.Errorf("line %d: %s is not a finite number", n.Line, n.Value)
+			return &LineError{n.Line, "not a finite number"}
 		}
 		b.WriteString(strconv.FormatFloat(v, 'g', -1, 64))
 	default:
-		return fmt.Errorf("line %d: unsupported YAML tag %q", n.Line, tag)
+		return &LineError{n.Line, fmt.Sprintf("unsupported YAML tag %q", clip(tag))}
 	}
 	return nil
 }
@@ -372,6 +474,9 @@ func Unmarshal(file string, data []byte, out any) error {
 		return nil
 	}
 	root := doc.Content[0]
+	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+		return nil // "---" alone: an empty document
+	}
 	var ps []Problem
 	w := Walker{Report: func(line int, msg string) { ps = append(ps, Problem{line, msg}) }}
 	w.Walk(root, reflect.TypeOf(out), "")
@@ -379,6 +484,9 @@ func Unmarshal(file string, data []byte, out any) error {
 		return fail(ps...)
 	}
 	if err := DecodeJSON(root, out); err != nil {
+		if le, ok := errors.AsType[*LineError](err); ok {
+			return fail(Problem{Line: le.Line, Message: le.Msg})
+		}
 		return fail(Problem{Line: root.Line, Message: err.Error()})
 	}
 	return nil

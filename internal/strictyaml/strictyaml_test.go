@@ -76,7 +76,7 @@ func TestUnmarshalProblems(t *testing.T) {
 		{"unknown nested", "nested:\n  name: n\n  nmae: m\n", `c.yaml:3: unknown field "nmae" in nested`},
 		{"unexported", "hidden: x\n", `c.yaml:1: unknown field "hidden" in the document`},
 		{"wrong kinds", "port: eighty\ndebug: yes please\ntags: a\nlabels: [a]\nrate: fast\n",
-			"c.yaml:1: port: want an integer\nc.yaml:2: debug: want true or false\nc.yaml:3: tags: want a list\nc.yaml:4: labels: want a mapping\nc.yaml:5: rate: want a number"},
+			"c.yaml:1: port: want an integer (decimal without leading zeros, 0o octal or 0x hex)\nc.yaml:2: debug: want true or false\nc.yaml:3: tags: want a list\nc.yaml:4: labels: want a mapping\nc.yaml:5: rate: want a number"},
 		{"string wanted", "dataDir: 12\n", `c.yaml:1: dataDir: want a string`},
 		{"checker", "\nttl: 5 minutes\n", `c.yaml:2: ttl: invalid duration "5 minutes"`},
 		{"alias", "dataDir: &a x\ntags: [*a]\n", `c.yaml:2: YAML aliases are not allowed`},
@@ -84,8 +84,20 @@ func TestUnmarshalProblems(t *testing.T) {
 		{"not a mapping", "- a\n", `c.yaml:1: the document: want a mapping`},
 		{"two documents", "dataDir: a\n---\ndataDir: b\n", `c.yaml:2: a second YAML document; the file must hold one`},
 		{"syntax", "dataDir: a\n  port: 1\n", `c.yaml:2: invalid YAML: mapping values are not allowed in this context`},
-		{"not finite", "rate: .inf\n", `c.yaml:1: line 1: .inf is not a finite number`},
-		{"merge key", "extra: {<<: {a: 1}}\n", `c.yaml:1: line 1: keys must be strings`},
+		{"not finite", "rate: .inf\n", `c.yaml:1: not a finite number`},
+		{"merge key", "extra: {<<: {a: 1}}\n", `c.yaml:1: YAML merge keys (<<) are not allowed`},
+		// yaml.v3 reads 0443 as octal 291 where YAML 1.2 reads 443: refused
+		// rather than guessed.
+		{"leading zero", "port: 0443\n", "c.yaml:1: port: want an integer (decimal without leading zeros, 0o octal or 0x hex)"},
+		{"underscore", "port: 1_000\n", "c.yaml:1: port: want an integer (decimal without leading zeros, 0o octal or 0x hex)"},
+		{"binary", "port: 0b11\n", "c.yaml:1: port: want an integer (decimal without leading zeros, 0o octal or 0x hex)"},
+		{"null field", "dataDir:\nport: 1\n", "c.yaml:1: dataDir: empty value; give it a value or leave the key out"},
+		{"null map value", "labels: {a: ~}\n", "c.yaml:1: labels.a: empty value; give it a value or leave the key out"},
+		// encoding/json would match both keys to one field and keep the
+		// later, the Kelvin sign included.
+		{"keys differing in case in raw JSON", "extra: {keys: [1], Keys: [2]}\n", `c.yaml:1: key "Keys" repeats "keys" (keys may not differ only in case)`},
+		{"kelvin sign", "extra: {keys: [1], \"\\u212Aeys\": [2]}\n", "c.yaml:1: key \"\u212aeys\" repeats \"keys\" (keys may not differ only in case)"},
+		{"no value in messages", "extra: {d: !!float 123SECRET}\n", "c.yaml:1: not a finite number"},
 		{"non-string key", "{[a]: b}\n", `c.yaml:1: the document: keys must be strings`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
