@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"postern.dev/postern/internal/server"
+	"postern.dev/postern/internal/store"
 	"postern.dev/postern/internal/testca"
 	"postern.dev/postern/internal/token"
 )
@@ -176,6 +177,25 @@ func TestCAIssueAndOperatorCommands(t *testing.T) {
 	code, stdout, errs = run(t, "", "server", "client-secret", "--data-dir", data, "--client-id", "spiffe://example.test/ns/ops/sa/batch")
 	if code != 0 || len(strings.TrimSpace(stdout)) != 43 {
 		t.Errorf("client-secret: %d %q %s", code, stdout, errs)
+	}
+	// Agents: listed, evicted, and an unknown one named.
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(data, "postern.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const agentID = "spiffe://example.test/postern/agent/node-1"
+	if err := st.PutAgent(context.Background(), store.Agent{SPIFFEID: agentID, Method: "join_token", Serial: "1", ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if code, stdout, errs := run(t, "", "server", "agents", "--data-dir", data); code != 0 || !strings.Contains(stdout, agentID+"  join_token") {
+		t.Errorf("agents: %d %q %s", code, stdout, errs)
+	}
+	if code, stdout, errs := run(t, "", "server", "evict-agent", "--data-dir", data, "--spiffe-id", agentID); code != 0 || stdout != "agent "+agentID+" evicted\n" {
+		t.Errorf("evict-agent: %d %q %s", code, stdout, errs)
+	}
+	if code, _, errs := run(t, "", "server", "evict-agent", "--data-dir", data, "--spiffe-id", agentID); code != 1 || !strings.Contains(errs, "no agent "+agentID+" is registered") {
+		t.Errorf("evict-agent again: %d %s", code, errs)
 	}
 	if code, stdout, _ := run(t, "", "ca", "bundle", "--data-dir", data); code != 0 || !strings.Contains(stdout, "BEGIN CERTIFICATE") {
 		t.Errorf("ca bundle: %d", code)

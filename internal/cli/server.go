@@ -3,8 +3,10 @@ package cli
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -117,7 +119,7 @@ stays in force.`,
 	}
 	flags.register(cmd, true)
 	logs.register(cmd)
-	cmd.AddCommand(newRotateKeysCmd(e), newClientSecretCmd(e))
+	cmd.AddCommand(newRotateKeysCmd(e), newClientSecretCmd(e), newAgentsCmd(e), newEvictAgentCmd(e))
 	return cmd
 }
 
@@ -201,5 +203,79 @@ replaces the old one.`,
 	flags.register(cmd, false)
 	cmd.Flags().StringVar(&clientID, "client-id", "", "the Workload's SPIFFE ID")
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "secret lifetime (0: does not expire)")
+	return cmd
+}
+
+func newAgentsCmd(e *env) *cobra.Command {
+	var flags serverFlags
+	cmd := &cobra.Command{
+		Use:   "agents",
+		Short: "List the node agents the server attested",
+		Long: `List the node agents registered in the store: their SPIFFE ID, how they
+attested, when, and when their newest SVID expires. An agent's certificates
+are accepted only while it is listed here.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, _, err := flags.open(e)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			agents, err := st.Store.Agents(e.ctx)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SPIFFE ID\tMETHOD\tATTESTED\tSVID EXPIRES")
+			for _, a := range agents {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.SPIFFEID, a.Method, a.AttestedAt.UTC().Format(time.RFC3339), a.ExpiresAt.UTC().Format(time.RFC3339))
+			}
+			return tw.Flush()
+		},
+	}
+	flags.register(cmd, false)
+	return cmd
+}
+
+func newEvictAgentCmd(e *env) *cobra.Command {
+	var (
+		flags serverFlags
+		id    string
+	)
+	cmd := &cobra.Command{
+		Use:   "evict-agent",
+		Short: "Evict a node agent: its certificates stop working at once",
+		Long: `Remove a node agent's registration from the store, for an operator
+responding to a compromised or retired node. Every server sharing the store
+refuses the agent's certificates from the next request on: it can neither
+renew nor obtain SVIDs for workloads. It can come back only by attesting
+again (a new join token, or a Kubernetes token of a listed service account:
+remove the account from attestation.k8s.agentServiceAccounts, or delete the
+pod, to keep it out).`,
+		Example: `  postern server evict-agent --data-dir .postern-quickstart --spiffe-id spiffe://quickstart.local/postern/agent/node-1`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if id == "" {
+				return fmt.Errorf("--spiffe-id is required")
+			}
+			st, _, err := flags.open(e)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if _, err := st.Store.Agent(e.ctx, id); errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("no agent %s is registered (postern server agents lists them)", id)
+			} else if err != nil {
+				return err
+			}
+			if err := st.Store.DeleteAgent(e.ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "agent %s evicted\n", id)
+			return nil
+		},
+	}
+	flags.register(cmd, false)
+	cmd.Flags().StringVar(&id, "spiffe-id", "", "the agent's SPIFFE ID (spiffe://<td>/postern/agent/...)")
 	return cmd
 }

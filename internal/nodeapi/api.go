@@ -3,6 +3,7 @@ package nodeapi
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"postern.dev/postern/internal/policy"
 )
@@ -108,6 +109,9 @@ type svidBody struct {
 	SPIFFEID  string   `json:"spiffe_id"`
 	X509SVID  [][]byte `json:"x509_svid"`
 	ExpiresAt string   `json:"expires_at"`
+
+	serial   string    // the leaf's, as the agent registry records it
+	notAfter time.Time // the leaf's
 }
 
 type workloadBody struct {

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"postern.dev/postern/internal/attest"
 	"postern.dev/postern/internal/policy"
+	"postern.dev/postern/internal/store"
 )
 
 // attest serves POST /node/v1/attest. Everything the request says is checked
@@ -71,7 +71,16 @@ func (h *Handler) attest(w http.ResponseWriter, r *http.Request, rec *record) (a
 	if aerr != nil {
 		return nil, aerr
 	}
-	rec.expires, _ = time.Parse(time.RFC3339, b.ExpiresAt)
+	if body.Role == RoleAgent {
+		// The new registration supersedes every certificate issued to
+		// this agent before; without it, the SVID is not handed out.
+		err := h.cfg.Agents.PutAgent(r.Context(), store.Agent{SPIFFEID: id.String(), Method: body.Method,
+			AttestedAt: h.cfg.Now(), Serial: b.serial, ExpiresAt: b.notAfter})
+		if err != nil {
+			return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "the agent registry is unavailable; retry later").withCause(err)
+		}
+	}
+	rec.expires = b.notAfter
 	return b, nil
 }
 

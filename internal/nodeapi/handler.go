@@ -2,6 +2,7 @@ package nodeapi
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -23,6 +25,7 @@ import (
 	"postern.dev/postern/internal/ca"
 	"postern.dev/postern/internal/keys"
 	"postern.dev/postern/internal/policy"
+	"postern.dev/postern/internal/store"
 	"postern.dev/postern/internal/token"
 )
 
@@ -73,6 +76,21 @@ func (s StoreJoinTokens) Consume(ctx context.Context, token string, now time.Tim
 	return attest.ConsumeJoinToken(ctx, s.Store, token, now)
 }
 
+// Agents records the node agents the server attested (store.Store does).
+// An agent's certificate is accepted only while its record exists and names
+// the certificate's serial, so that an evicted agent, or one attested again
+// elsewhere, is cut off at once instead of at the expiry of what it holds.
+type Agents interface {
+	// Agent returns the agent with SPIFFE ID id, or store.ErrNotFound.
+	Agent(ctx context.Context, id string) (store.Agent, error)
+	// PutAgent records an attestation, replacing any earlier record.
+	PutAgent(ctx context.Context, a store.Agent) error
+	// RenewAgent moves the agent from serial old (its current or previous
+	// one) to new, and reports false when it is not stored or old is
+	// neither.
+	RenewAgent(ctx context.Context, id, old, new string, expiresAt time.Time) (bool, error)
+}
+
 // K8sAttestor verifies Kubernetes projected service-account tokens
 // (*attest.K8sAttestor does).
 type K8sAttestor interface {
@@ -101,6 +119,8 @@ type Config struct {
 	FederatedBundles func() map[spiffeid.TrustDomain]*spiffebundle.Bundle
 	// JoinTokens redeems join tokens; nil disables join_token attestation.
 	JoinTokens JoinTokens
+	// Agents records attested agents; required.
+	Agents Agents
 	// K8s verifies PSATs; nil disables k8s_psat attestation.
 	K8s K8sAttestor
 	// K8sAgents lists the service accounts, as "namespace:name", whose
@@ -128,6 +148,9 @@ type Handler struct {
 	cfg       Config
 	k8sAgents map[string]bool // "namespace:name"
 
+	agentsMu   sync.Mutex
+	lastAgents map[string]seenAgent // by SPIFFE ID: the last registration read
+
 	log    *slog.Logger
 	audit  *slog.Logger
 	signer atomic.Pointer[token.Signer]
@@ -148,6 +171,8 @@ func NewHandler(cfg Config) (*Handler, error) {
 		return nil, errors.New("nodeapi: config: issuer is required")
 	case cfg.Policy == nil:
 		return nil, errors.New("nodeapi: config: policy is required")
+	case cfg.Agents == nil:
+		return nil, errors.New("nodeapi: config: the agent registry is required")
 	case cfg.SVIDTTL < 0 || cfg.JWTSVIDTTL < 0:
 		return nil, errors.New("nodeapi: config: negative duration")
 	}
@@ -174,7 +199,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		}
 		agents[sa] = true
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, k8sAgents: agents}, nil
+	return &Handler{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, k8sAgents: agents, lastAgents: map[string]seenAgent{}}, nil
 }
 
 // apiError is an error answer: the public code and description, and the
@@ -393,8 +418,54 @@ func (h *Handler) agent(r *http.Request, rec *record) (spiffeid.ID, *apiError) {
 	if !h.isAgent(id) {
 		return id, errorf(http.StatusForbidden, CodeForbidden, "%s is not a node agent (%s...)", id, AgentPathPrefix)
 	}
+	if aerr := h.registered(r.Context(), id, r.TLS.PeerCertificates[0]); aerr != nil {
+		return id, aerr
+	}
 	return id, nil
 }
+
+// agentGrace is how long a registration read from the store stands in for
+// it while the store fails: the last good state, never a guess.
+const agentGrace = 10 * time.Minute
+
+// registered checks that the agent's certificate is one of the two newest
+// the server issued it: the agent is still registered (not evicted) and has
+// not been attested again since. When the store fails, the registration
+// this replica read last, within agentGrace, decides; without one, refused.
+func (h *Handler) registered(ctx context.Context, id spiffeid.ID, leaf *x509.Certificate) *apiError {
+	a, err := h.cfg.Agents.Agent(ctx, id.String())
+	now := h.cfg.Now()
+	h.agentsMu.Lock()
+	switch {
+	case err == nil:
+		h.lastAgents[id.String()] = seenAgent{a, now}
+	case errors.Is(err, store.ErrNotFound):
+		delete(h.lastAgents, id.String())
+	default:
+		if seen, ok := h.lastAgents[id.String()]; ok && now.Sub(seen.at) < agentGrace {
+			a, err = seen.agent, nil
+		}
+	}
+	h.agentsMu.Unlock()
+	if errors.Is(err, store.ErrNotFound) {
+		return errorf(http.StatusForbidden, CodeForbidden, "agent %s is not registered (it was evicted, or its registration expired): it must attest again", id)
+	}
+	if err != nil {
+		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the agent registry is unavailable; retry later").withCause(err)
+	}
+	if s := serialOf(leaf); s != a.Serial && s != a.PrevSerial {
+		return errorf(http.StatusForbidden, CodeForbidden, "this certificate of agent %s was superseded (the agent attested again): it must attest again", id)
+	}
+	return nil
+}
+
+// seenAgent is a registration and when it was read from the store.
+type seenAgent struct {
+	agent store.Agent
+	at    time.Time
+}
+
+func serialOf(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
 // parseCSR checks a CSR; its subject and SANs are ignored.
 func parseCSR(der []byte, what string) (*ca.X509SVIDRequest, *apiError) {
@@ -422,7 +493,8 @@ func (h *Handler) issue(ctx context.Context, req *ca.X509SVIDRequest, id spiffei
 		}
 		return svidBody{}, errorf(http.StatusServiceUnavailable, CodeUnavailable, "the CA could not issue an SVID for %s", id).withCause(err)
 	}
-	b := svidBody{SPIFFEID: id.String(), ExpiresAt: svid.NotAfter.UTC().Format(time.RFC3339)}
+	b := svidBody{SPIFFEID: id.String(), ExpiresAt: svid.NotAfter.UTC().Format(time.RFC3339),
+		serial: serialOf(svid.Certificates[0]), notAfter: svid.NotAfter}
 	for _, c := range svid.Certificates {
 		b.X509SVID = append(b.X509SVID, c.Raw)
 	}
@@ -466,7 +538,12 @@ func (h *Handler) renew(w http.ResponseWriter, r *http.Request, rec *record) (an
 		return nil, aerr
 	}
 	var wl *policy.Workload
-	if !h.isAgent(id) {
+	agent := h.isAgent(id)
+	if agent {
+		if aerr := h.registered(r.Context(), id, r.TLS.PeerCertificates[0]); aerr != nil {
+			return nil, aerr
+		}
+	} else {
 		e, aerr := h.engine()
 		if aerr != nil {
 			return nil, aerr
@@ -485,7 +562,18 @@ func (h *Handler) renew(w http.ResponseWriter, r *http.Request, rec *record) (an
 	if aerr != nil {
 		return nil, aerr
 	}
-	rec.expires, _ = time.Parse(time.RFC3339, b.ExpiresAt)
+	if agent {
+		// Only the answer to a recorded renewal is valid: on a lost race
+		// (an eviction, a new attestation) the new certificate is dropped.
+		ok, err := h.cfg.Agents.RenewAgent(r.Context(), id.String(), serialOf(r.TLS.PeerCertificates[0]), b.serial, b.notAfter)
+		if err != nil {
+			return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "the agent registry is unavailable; retry later").withCause(err)
+		}
+		if !ok {
+			return nil, errorf(http.StatusForbidden, CodeForbidden, "agent %s was evicted or attested again meanwhile: it must attest again", id)
+		}
+	}
+	rec.expires = b.notAfter
 	return b, nil
 }
 

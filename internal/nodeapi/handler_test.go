@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -21,6 +22,7 @@ import (
 
 	"postern.dev/postern/internal/ca"
 	"postern.dev/postern/internal/policy"
+	"postern.dev/postern/internal/store"
 	"postern.dev/postern/internal/testca"
 	"postern.dev/postern/internal/token"
 )
@@ -253,6 +255,86 @@ func TestRenew(t *testing.T) {
 	if _, err := agent.c.Renew(ctx, csrFor(t, newKey(t))); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestAgentRegistry: an agent's certificates work only while it is
+// registered and only the two newest: evicting it, or attesting it again,
+// cuts off every certificate issued before, at once.
+func TestAgentRegistry(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	attestAgent := func() (*tls.Certificate, *Client) {
+		key := newKey(t)
+		s, err := e.client(t, nil).Attest(ctx, MethodJoinToken, e.joinToken(t, agentA), RoleAgent, csrFor(t, key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert := tlsCert(s.Certificates, key)
+		return cert, e.client(t, cert)
+	}
+	_, first := attestAgent()
+	if _, err := first.Workloads(ctx); err != nil {
+		t.Fatalf("registered agent: %v", err)
+	}
+	rec, err := e.agents.Agent(ctx, agentA)
+	if err != nil || rec.Method != MethodJoinToken || rec.Serial == "" {
+		t.Fatalf("registration %+v, %v", rec, err)
+	}
+
+	// Renewal moves the registration to the new certificate; the old one
+	// still works (its answer may have been lost), and renews once more.
+	key := newKey(t)
+	s, err := first.Renew(ctx, csrFor(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := e.client(t, tlsCert(s.Certificates, key))
+	if _, err := renewed.Workloads(ctx); err != nil {
+		t.Fatalf("renewed certificate: %v", err)
+	}
+	if _, err := first.Workloads(ctx); err != nil {
+		t.Fatalf("previous certificate: %v", err)
+	}
+
+	// A second attestation under the same ID supersedes both.
+	_, second := attestAgent()
+	for _, c := range []*Client{first, renewed} {
+		_, err := c.Workloads(ctx)
+		wantErr(t, err, 403, CodeForbidden)
+		_, err = c.Renew(ctx, csrFor(t, newKey(t)))
+		wantErr(t, err, 403, CodeForbidden)
+	}
+	if _, err := second.X509SVIDs(ctx, []X509SVIDRequest{{SPIFFEID: dbID, CSR: csrFor(t, newKey(t))}}); err != nil {
+		t.Fatalf("re-attested agent: %v", err)
+	}
+
+	// The registry down: the registration this server read last stands
+	// in for it (the last good state); nothing it has not seen is waved
+	// through, and nothing new is recorded.
+	e.agents.mu.Lock()
+	e.agents.fail = errors.New("database is locked")
+	e.agents.mu.Unlock()
+	if _, err := second.Workloads(ctx); err != nil {
+		t.Errorf("registry down, registration seen before: %v", err)
+	}
+	_, err = first.Workloads(ctx)
+	wantErr(t, err, 403, CodeForbidden)
+	_, err = e.client(t, e.svidUnregistered(t, agentB)).Workloads(ctx)
+	wantErr(t, err, 503, CodeUnavailable)
+	_, err = e.client(t, nil).Attest(ctx, MethodJoinToken, e.joinToken(t, agentA), RoleAgent, csrFor(t, newKey(t)))
+	wantErr(t, err, 503, CodeUnavailable)
+	e.agents.mu.Lock()
+	e.agents.fail = nil
+	e.agents.mu.Unlock()
+
+	// Evicted: every endpoint, renewal included, refuses it.
+	e.agents.delete(agentA)
+	_, err = second.Workloads(ctx)
+	wantErr(t, err, 403, CodeForbidden)
+	_, _, err = second.JWTSVID(ctx, dbID, []string{"x"})
+	wantErr(t, err, 403, CodeForbidden)
+	_, err = second.Renew(ctx, csrFor(t, newKey(t)))
+	wantErr(t, err, 403, CodeForbidden)
 }
 
 type tlsCertAndClient struct {
@@ -581,13 +663,15 @@ func TestAudit(t *testing.T) {
 }
 
 func TestNewHandlerConfig(t *testing.T) {
-	ok := Config{TrustDomain: testTD, CA: newCA(t), Keys: staticKeys{}, Issuer: testIss, Policy: func() *policy.Engine { return nil }}
+	ok := Config{TrustDomain: testTD, CA: newCA(t), Keys: staticKeys{}, Issuer: testIss, Policy: func() *policy.Engine { return nil }, Agents: &memAgents{}}
 	for name, mut := range map[string]func(*Config){
 		"trust domain": func(c *Config) { c.TrustDomain = spiffeid.TrustDomain{} },
 		"ca":           func(c *Config) { c.CA = nil },
 		"keys":         func(c *Config) { c.Keys = nil },
 		"issuer":       func(c *Config) { c.Issuer = "" },
 		"policy":       func(c *Config) { c.Policy = nil },
+		"agents":       func(c *Config) { c.Agents = nil },
+		"k8s agents":   func(c *Config) { c.K8sAgents = []string{"no-colon"} },
 		"negative":     func(c *Config) { c.JWTSVIDTTL = -1 },
 	} {
 		cfg := ok
@@ -622,5 +706,42 @@ func TestNoAgentForWorkloadsWithoutSelectors(t *testing.T) {
 	}
 	if _, _, err := c.JWTSVID(context.Background(), "spiffe://example.org/ns/shop/sa/bare", []string{"x"}); !errors.As(err, &ne) || ne.Status != 403 {
 		t.Fatalf("jwtsvid for bare: %v", err)
+	}
+}
+
+// The last registration read stands in for a failing store for agentGrace,
+// not longer; an eviction seen before is never undone by it.
+func TestAgentRegistryGrace(t *testing.T) {
+	now := time.Now()
+	reg := &memAgents{}
+	h, err := NewHandler(Config{TrustDomain: testTD, CA: newCA(t), Keys: staticKeys{}, Issuer: testIss,
+		Policy: func() *policy.Engine { return nil }, Agents: reg, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	id := spiffeid.RequireFromString(agentA)
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(0xabc)}
+	_ = reg.PutAgent(ctx, store.Agent{SPIFFEID: agentA, Serial: "abc"})
+	if aerr := h.registered(ctx, id, leaf); aerr != nil {
+		t.Fatal(aerr)
+	}
+	reg.fail = errors.New("store down")
+	now = now.Add(agentGrace - time.Second)
+	if aerr := h.registered(ctx, id, leaf); aerr != nil {
+		t.Errorf("within the grace period: %v", aerr)
+	}
+	now = now.Add(2 * time.Second)
+	if aerr := h.registered(ctx, id, leaf); aerr == nil || aerr.status != 503 {
+		t.Errorf("after the grace period: %v", aerr)
+	}
+	reg.fail = nil
+	reg.delete(agentA)
+	if aerr := h.registered(ctx, id, leaf); aerr == nil || aerr.status != 403 {
+		t.Errorf("evicted: %v", aerr)
+	}
+	reg.fail = errors.New("store down")
+	if aerr := h.registered(ctx, id, leaf); aerr == nil || aerr.status != 503 {
+		t.Errorf("evicted, then the store down: %v", aerr)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -170,6 +171,60 @@ func newCA(t testing.TB) *ca.CA {
 	return c
 }
 
+// memAgents is an in-memory agent registry with the store's semantics.
+type memAgents struct {
+	mu   sync.Mutex
+	m    map[string]store.Agent
+	fail error
+}
+
+func (s *memAgents) Agent(_ context.Context, id string) (store.Agent, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return store.Agent{}, s.fail
+	}
+	a, ok := s.m[id]
+	if !ok {
+		return store.Agent{}, store.ErrNotFound
+	}
+	return a, nil
+}
+
+func (s *memAgents) PutAgent(_ context.Context, a store.Agent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	if s.m == nil {
+		s.m = map[string]store.Agent{}
+	}
+	s.m[a.SPIFFEID] = a
+	return nil
+}
+
+func (s *memAgents) RenewAgent(_ context.Context, id, old, new string, exp time.Time) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return false, s.fail
+	}
+	a, ok := s.m[id]
+	if !ok || (old != a.Serial && old != a.PrevSerial) {
+		return false, nil
+	}
+	a.PrevSerial, a.Serial, a.ExpiresAt = old, new, exp
+	s.m[id] = a
+	return true, nil
+}
+
+func (s *memAgents) delete(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, id)
+}
+
 // joinStore is an in-memory attest.JoinTokenStore.
 type joinStore struct {
 	mu   sync.Mutex
@@ -250,6 +305,7 @@ type env struct {
 	h      *Handler
 	srv    *httptest.Server
 	joins  *joinStore
+	agents *memAgents
 	key    *keys.Key
 	engine atomic.Pointer[policy.Engine]
 	fed    atomic.Pointer[map[spiffeid.TrustDomain]*spiffebundle.Bundle]
@@ -259,12 +315,13 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{ca: newCA(t), joins: &joinStore{}, key: newSigningKey(t), audit: &syncBuffer{}}
+	e := &env{ca: newCA(t), joins: &joinStore{}, agents: &memAgents{}, key: newSigningKey(t), audit: &syncBuffer{}}
 	e.engine.Store(compilePolicy(t, resources))
 	h, err := NewHandler(Config{
 		TrustDomain: testTD, CA: e.ca, Keys: staticKeys{e.key}, Issuer: testIss,
 		Policy:     e.engine.Load,
 		JoinTokens: StoreJoinTokens{Store: e.joins},
+		Agents:     e.agents,
 		FederatedBundles: func() map[spiffeid.TrustDomain]*spiffebundle.Bundle {
 			if m := e.fed.Load(); m != nil {
 				return *m
@@ -323,6 +380,21 @@ func (e *env) client(t testing.TB, cert *tls.Certificate) *Client {
 
 // svid issues an SVID for id straight from the CA.
 func (e *env) svid(t testing.TB, id string) *tls.Certificate {
+	t.Helper()
+	key := newKey(t)
+	s, err := e.ca.IssueX509SVID(context.Background(), ca.X509SVIDRequest{ID: spiffeid.RequireFromString(id), PublicKey: key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(spiffeid.RequireFromString(id).Path(), AgentPathPrefix) {
+		// As if it had attested: registered with this certificate.
+		_ = e.agents.PutAgent(context.Background(), store.Agent{SPIFFEID: id, Method: MethodJoinToken, Serial: serialOf(s.Certificates[0]), ExpiresAt: s.NotAfter})
+	}
+	return tlsCert(s.Certificates, key)
+}
+
+// svidUnregistered is an SVID for id that no attestation registered.
+func (e *env) svidUnregistered(t testing.TB, id string) *tls.Certificate {
 	t.Helper()
 	key := newKey(t)
 	s, err := e.ca.IssueX509SVID(context.Background(), ca.X509SVIDRequest{ID: spiffeid.RequireFromString(id), PublicKey: key.Public()})

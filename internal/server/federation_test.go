@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"postern.dev/postern/internal/nodeapi"
+	"postern.dev/postern/internal/store"
 	"postern.dev/postern/internal/testca"
 )
 
@@ -43,7 +45,12 @@ func TestFederation(t *testing.T) {
 	t.Cleanup(ep.Close)
 
 	srv, res := startQuickstart(t)
-	agent, _ := client(t, srv, "spiffe://quickstart.local/postern/agent/node-1")
+	agent, leaf := client(t, srv, "spiffe://quickstart.local/postern/agent/node-1")
+	// As if it had attested: registered with this certificate.
+	if err := srv.Store().PutAgent(context.Background(), store.Agent{SPIFFEID: "spiffe://quickstart.local/postern/agent/node-1", Method: "join_token",
+		Serial: leaf.SerialNumber.Text(16), ExpiresAt: leaf.NotAfter}); err != nil {
+		t.Fatal(err)
+	}
 	bundles := func() map[string]json.RawMessage {
 		t.Helper()
 		resp, err := agent.Get(srv.Issuer() + nodeapi.PathFederatedBundles)

@@ -227,6 +227,7 @@ func (s *Server) newNodeAPI(cfg *Config, issuer string, logger, audit *slog.Logg
 		Policy:           s.watcher.Engine,
 		FederatedBundles: s.fed.Bundles,
 		JoinTokens:       nodeapi.StoreJoinTokens{Store: s.state.Store},
+		Agents:           s.state.Store,
 		SVIDTTL:          time.Duration(cfg.CA.SVIDTTL),
 		Logger:           logger, Audit: audit,
 	}

@@ -75,5 +75,5 @@ func TestMigrations(t *testing.T) {
 		}
 	}
 	equal(t, "postgres migrations", names["postgres"], names["sqlite"])
-	equal(t, "sqlite migrations", names["sqlite"], []string{"0001_init"})
+	equal(t, "sqlite migrations", names["sqlite"], []string{"0001_init", "0002_agents"})
 }

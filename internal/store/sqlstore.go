@@ -442,10 +442,113 @@ RETURNING hash, spiffe_id, created_at, expires_at, used_at`, n, hash).Scan(&t.Ha
 	return t, nil
 }
 
+// ---- agents ----
+
+const agentColumns = `spiffe_id, method, attested_at, serial, prev_serial, expires_at`
+
+func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
+	var a Agent
+	var attested, expires sql.NullInt64
+	if err := sc.Scan(&a.SPIFFEID, &a.Method, &attested, &a.Serial, &a.PrevSerial, &expires); err != nil {
+		return Agent{}, err
+	}
+	a.AttestedAt, a.ExpiresAt = scanTime(attested), scanTime(expires)
+	return a, nil
+}
+
+// Agents returns every attested node agent, ordered by SPIFFEID.
+func (s *sqlStore) Agents(ctx context.Context) ([]Agent, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+agentColumns+` FROM agents ORDER BY spiffe_id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list agents: %w", err)
+	}
+	defer rows.Close()
+	var out []Agent
+	for rows.Next() {
+		a, err := scanAgent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: list agents: %w", err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list agents: %w", err)
+	}
+	return out, nil
+}
+
+// Agent returns the agent with id, or ErrNotFound. It reads from the
+// writer, so that a renewal just recorded by this replica is seen.
+func (s *sqlStore) Agent(ctx context.Context, id string) (Agent, error) {
+	if checkText("spiffe id", id, true) != nil {
+		return Agent{}, ErrNotFound // PutAgent never stores such an id
+	}
+	a, err := scanAgent(s.w.QueryRowContext(ctx, `SELECT `+agentColumns+` FROM agents WHERE spiffe_id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Agent{}, ErrNotFound
+	}
+	if err != nil {
+		return Agent{}, fmt.Errorf("store: get agent: %w", err)
+	}
+	return a, nil
+}
+
+// PutAgent inserts or replaces the agent with a.SPIFFEID. SPIFFEID, Method,
+// Serial and ExpiresAt are required.
+func (s *sqlStore) PutAgent(ctx context.Context, ag Agent) error {
+	var a args
+	a.text("spiffe id", ag.SPIFFEID, true)
+	a.text("method", ag.Method, true)
+	a.time("attested at", ag.AttestedAt)
+	a.text("serial", ag.Serial, true)
+	a.text("previous serial", ag.PrevSerial, false)
+	if ag.ExpiresAt.IsZero() && a.err == nil {
+		a.err = errors.New("expires at is zero")
+	}
+	a.time("expires at", ag.ExpiresAt)
+	_, err := s.exec(ctx, `INSERT INTO agents (`+agentColumns+`) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (spiffe_id) DO UPDATE SET
+  method = excluded.method, attested_at = excluded.attested_at, serial = excluded.serial,
+  prev_serial = excluded.prev_serial, expires_at = excluded.expires_at`, &a)
+	if err != nil {
+		return fmt.Errorf("store: put agent: %w", err)
+	}
+	return nil
+}
+
+// RenewAgent rotates the agent's serials in one conditional UPDATE: only a
+// stored agent, only from one of its two serials.
+func (s *sqlStore) RenewAgent(ctx context.Context, id, old, new string, expiresAt time.Time) (bool, error) {
+	var a args
+	a.text("spiffe id", id, true)
+	a.text("old serial", old, true)
+	a.text("new serial", new, true)
+	if expiresAt.IsZero() && a.err == nil {
+		a.err = errors.New("expires at is zero")
+	}
+	a.time("expires at", expiresAt)
+	n, err := s.exec(ctx, `UPDATE agents SET prev_serial = $2, serial = $3, expires_at = $4
+WHERE spiffe_id = $1 AND (serial = $2 OR prev_serial = $2)`, &a)
+	if err != nil {
+		return false, fmt.Errorf("store: renew agent: %w", err)
+	}
+	return n == 1, nil
+}
+
+// DeleteAgent removes the agent; a missing one is not an error.
+func (s *sqlStore) DeleteAgent(ctx context.Context, id string) error {
+	var a args
+	a.text("spiffe id", id, false)
+	if _, err := s.exec(ctx, `DELETE FROM agents WHERE spiffe_id = $1`, &a); err != nil {
+		return fmt.Errorf("store: delete agent: %w", err)
+	}
+	return nil
+}
+
 // ---- purge ----
 
-// Purge deletes, in one transaction, the revocations, used JTIs and join
-// tokens whose expiry is before now. Records with a zero expiry are kept.
+// Purge deletes, in one transaction, the revocations, used JTIs, join
+// tokens and agents whose expiry is before now. Records with a zero expiry are kept.
 // now must not be zero.
 func (s *sqlStore) Purge(ctx context.Context, now time.Time) (err error) {
 	n, err := nowArg(now)
@@ -465,6 +568,7 @@ func (s *sqlStore) Purge(ctx context.Context, now time.Time) (err error) {
 		`DELETE FROM revocations WHERE expires_at < $1`,
 		`DELETE FROM used_jtis WHERE expires_at < $1`,
 		`DELETE FROM join_tokens WHERE expires_at < $1`,
+		`DELETE FROM agents WHERE expires_at < $1`,
 	} {
 		if _, err := tx.ExecContext(ctx, q, n); err != nil {
 			return fmt.Errorf("store: purge: %w", err)

@@ -67,8 +67,24 @@ type Store interface {
 	// before now, or it was consumed before: a join token works once.
 	ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error)
 
-	// Purge deletes revocations, used JTIs and join tokens that expired
-	// before now.
+	// Agents returns every attested node agent, ordered by SPIFFEID.
+	Agents(ctx context.Context) ([]Agent, error)
+	// Agent returns the agent with id, or ErrNotFound.
+	Agent(ctx context.Context, id string) (Agent, error)
+	// PutAgent inserts or replaces the agent with a.SPIFFEID: a new
+	// attestation supersedes every certificate issued before it.
+	PutAgent(ctx context.Context, a Agent) error
+	// RenewAgent records that the agent id renewed the SVID with serial
+	// old (its current or previous one) into one with serial new, expiring
+	// at expiresAt. It reports false, changing nothing, when the agent is
+	// not stored or old is neither of its serials. It is atomic across
+	// replicas sharing the store.
+	RenewAgent(ctx context.Context, id, old, new string, expiresAt time.Time) (bool, error)
+	// DeleteAgent removes (evicts) the agent; a missing one is not an error.
+	DeleteAgent(ctx context.Context, id string) error
+
+	// Purge deletes revocations, used JTIs, join tokens and agents whose
+	// SVIDs expired before now.
 	Purge(ctx context.Context, now time.Time) error
 
 	// Close releases the store's resources.
@@ -117,6 +133,19 @@ type ClientSecret struct {
 	Hash      []byte // HMAC-SHA256 of the secret under the server's hashing key
 	CreatedAt time.Time
 	ExpiresAt time.Time // zero: does not expire
+}
+
+// Agent is a node agent the server attested. Its certificates are
+// accepted only while it is stored and only with one of its two newest
+// serials, so evicting it, or attesting it again, ends every certificate
+// issued to it before.
+type Agent struct {
+	SPIFFEID   string
+	Method     string // the attestation method: join_token or k8s_psat
+	AttestedAt time.Time
+	Serial     string    // hex serial of its newest X.509-SVID
+	PrevSerial string    // the one before, for a renewal whose answer was lost
+	ExpiresAt  time.Time // expiry of the newest X.509-SVID
 }
 
 // JoinToken is a single-use attestation token, stored as a hash.

@@ -78,6 +78,11 @@ func utcJoin(j JoinToken) JoinToken {
 }
 
 // mapSlice applies f to every element of s.
+func utcAgent(a Agent) Agent {
+	a.AttestedAt, a.ExpiresAt = utc(a.AttestedAt), utc(a.ExpiresAt)
+	return a
+}
+
 func mapSlice[T any](s []T, f func(T) T) []T {
 	out := make([]T, len(s))
 	for i, v := range s {
@@ -466,6 +471,60 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		equal(t, "winners", wins, 1)
 	})
 
+	t.Run("Agents", func(t *testing.T) {
+		s := open(t)
+		const id = "spiffe://example.org/postern/agent/node-1"
+		_, err := s.Agent(ctx, id)
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("missing agent: %v", err)
+		}
+		a := Agent{SPIFFEID: id, Method: "join_token", AttestedAt: base, Serial: "s1", ExpiresAt: base.Add(time.Hour)}
+		mustNil(t, s.PutAgent(ctx, a))
+		got, err := s.Agent(ctx, id)
+		mustNil(t, err)
+		equal(t, "agent", utcAgent(got), utcAgent(a))
+
+		// Renewal from the current serial rotates both.
+		ok, err := s.RenewAgent(ctx, id, "s1", "s2", base.Add(2*time.Hour))
+		mustNil(t, err)
+		equal(t, "renewed from s1", ok, true)
+		got, _ = s.Agent(ctx, id)
+		equal(t, "serials after renewal", [2]string{got.Serial, got.PrevSerial}, [2]string{"s2", "s1"})
+		equal(t, "expiry after renewal", utc(got.ExpiresAt), utc(base.Add(2*time.Hour)))
+		// From the previous one (the answer to the last renewal was lost).
+		ok, err = s.RenewAgent(ctx, id, "s1", "s3", base.Add(3*time.Hour))
+		mustNil(t, err)
+		equal(t, "renewed from the previous serial", ok, true)
+		// Not from an older one, nor for an unknown agent.
+		for _, tc := range []struct{ id, old string }{{id, "s2"}, {id, "s0"}, {"spiffe://example.org/postern/agent/ghost", "s1"}} {
+			ok, err = s.RenewAgent(ctx, tc.id, tc.old, "sx", base.Add(4*time.Hour))
+			mustNil(t, err)
+			equal(t, "renewed "+tc.id+" from "+tc.old, ok, false)
+		}
+		got, _ = s.Agent(ctx, id)
+		equal(t, "serials", [2]string{got.Serial, got.PrevSerial}, [2]string{"s3", "s1"})
+
+		// A new attestation replaces the record and its serials.
+		mustNil(t, s.PutAgent(ctx, Agent{SPIFFEID: id, Method: "k8s_psat", AttestedAt: base.Add(time.Hour), Serial: "n1", ExpiresAt: base.Add(5 * time.Hour)}))
+		ok, _ = s.RenewAgent(ctx, id, "s3", "sx", base.Add(6*time.Hour))
+		equal(t, "renewed from a serial of the earlier attestation", ok, false)
+		mustNil(t, s.PutAgent(ctx, Agent{SPIFFEID: "spiffe://example.org/postern/agent/node-0", Method: "join_token", Serial: "z", ExpiresAt: base.Add(time.Hour)}))
+		all, err := s.Agents(ctx)
+		mustNil(t, err)
+		equal(t, "agents", len(all), 2)
+		equal(t, "ordered", all[0].SPIFFEID, "spiffe://example.org/postern/agent/node-0")
+
+		wantErr(t, s.PutAgent(ctx, Agent{SPIFFEID: id, Method: "join_token", ExpiresAt: base}), "store: put agent: serial is empty")
+		mustNil(t, s.DeleteAgent(ctx, id))
+		mustNil(t, s.DeleteAgent(ctx, id))
+		_, err = s.Agent(ctx, id)
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("evicted agent: %v", err)
+		}
+		ok, _ = s.RenewAgent(ctx, id, "n1", "n2", base.Add(6*time.Hour))
+		equal(t, "renewed after eviction", ok, false)
+	})
+
 	t.Run("Purge", func(t *testing.T) {
 		s := open(t)
 		now := base.Add(time.Hour)
@@ -489,6 +548,8 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		} {
 			mustNil(t, s.PutJoinToken(ctx, j))
 		}
+		mustNil(t, s.PutAgent(ctx, Agent{SPIFFEID: "spiffe://x/agent/expired", Method: "join_token", Serial: "a", ExpiresAt: past}))
+		mustNil(t, s.PutAgent(ctx, Agent{SPIFFEID: "spiffe://x/agent/live", Method: "join_token", Serial: "b", ExpiresAt: future}))
 		// Unrelated records are untouched.
 		mustNil(t, s.PutSigningKey(ctx, SigningKey{ID: "k", Algorithm: "ES256", ExpireAt: past}))
 		mustNil(t, s.PutClientSecret(ctx, ClientSecret{ClientID: "c", Hash: []byte("h"), ExpiresAt: past}))
@@ -525,6 +586,9 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		secrets, err := s.ClientSecrets(ctx)
 		mustNil(t, err)
 		equal(t, "client secrets left", len(secrets), 1)
+		agents, err := s.Agents(ctx)
+		mustNil(t, err)
+		equal(t, "agents left", len(agents), 1)
 	})
 
 	t.Run("ZeroTimesAndEmptyBytes", func(t *testing.T) {
