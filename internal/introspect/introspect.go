@@ -54,6 +54,14 @@ type Config struct {
 	MaxEntries int
 	// MaxTokenBytes bounds the tokens sent; default 16 KiB.
 	MaxTokenBytes int
+	// MaxInFlight bounds the introspection requests in flight at once;
+	// default 32. Every token not in the cache costs a request to the
+	// issuer, so a flood of made-up tokens would otherwise become a flood
+	// of requests to it; a call that finds no free slot within
+	// MaxInFlightWait fails with ErrUnavailable.
+	MaxInFlight int
+	// MaxInFlightWait is how long a call waits for a free slot; default 2s.
+	MaxInFlightWait time.Duration
 	// HTTPClient sends the requests; default 10s timeout, no redirects.
 	HTTPClient *http.Client
 	// Now returns the current time; default time.Now.
@@ -64,6 +72,7 @@ type Config struct {
 type Client struct {
 	cfg   Config
 	group singleflight.Group
+	slots chan struct{} // MaxInFlight
 
 	mu    sync.Mutex
 	cache map[[32]byte]entry
@@ -98,13 +107,19 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxTokenBytes <= 0 {
 		cfg.MaxTokenBytes = token.DefaultMaxSize
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 32
+	}
+	if cfg.MaxInFlightWait <= 0 {
+		cfg.MaxInFlightWait = 2 * time.Second
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Client{cfg: cfg, cache: map[[32]byte]entry{}}, nil
+	return &Client{cfg: cfg, cache: map[[32]byte]entry{}, slots: make(chan struct{}, cfg.MaxInFlight)}, nil
 }
 
 func isLoopback(host string) bool {
@@ -113,7 +128,8 @@ func isLoopback(host string) bool {
 
 // Introspect returns the claims of an active token. The result is cached
 // per token (by hash) until its exp, at most MaxTTL; concurrent calls for
-// the same token share one request.
+// the same token share one request, which a caller that gives up does not
+// cancel for the others.
 func (c *Client) Introspect(ctx context.Context, tok string) (*token.Claims, error) {
 	if tok == "" || len(tok) > c.cfg.MaxTokenBytes {
 		return nil, fmt.Errorf("%w: empty or over %d bytes", ErrInactive, c.cfg.MaxTokenBytes)
@@ -132,15 +148,31 @@ func (c *Client) Introspect(ctx context.Context, tok string) (*token.Claims, err
 			return &cp, nil
 		}
 	}
-	v, err, _ := c.group.Do(string(key[:]), func() (any, error) { return c.fetch(ctx, tok, key) })
-	if err != nil {
-		return nil, err
+	// The shared request runs detached from this caller's context (the
+	// HTTP client's timeout bounds it); each caller waits on its own.
+	shared := context.WithoutCancel(ctx)
+	ch := c.group.DoChan(string(key[:]), func() (any, error) { return c.fetch(shared, tok, key) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		cp := *(r.Val.(*token.Claims))
+		return &cp, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 	}
-	cp := *(v.(*token.Claims))
-	return &cp, nil
 }
 
 func (c *Client) fetch(ctx context.Context, tok string, key [32]byte) (*token.Claims, error) {
+	t := time.NewTimer(c.cfg.MaxInFlightWait)
+	select {
+	case c.slots <- struct{}{}:
+		t.Stop()
+		defer func() { <-c.slots }()
+	case <-t.C:
+		return nil, fmt.Errorf("%w: %d introspection requests already in flight", ErrUnavailable, c.cfg.MaxInFlight)
+	}
 	form := url.Values{"token": {tok}, "token_type_hint": {"access_token"}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.Endpoint, strings.NewReader(form.Encode()))
 	if err != nil {

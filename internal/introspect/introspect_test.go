@@ -175,3 +175,79 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A flood of different made-up tokens reaches the issuer at most
+// MaxInFlight requests at a time; the rest fail as unavailable, never as
+// active.
+func TestIntrospectBoundsRequestsInFlight(t *testing.T) {
+	release := make(chan struct{})
+	var inFlight, peak atomic.Int32
+	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"active":false}`)
+	}))
+	defer idp.Close()
+	c, err := New(Config{Endpoint: idp.URL, ClientID: "gw", ClientSecret: "s3cret", Issuer: issuer, MaxInFlight: 2, MaxInFlightWait: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var unavailable atomic.Int32
+	for i := range 8 {
+		wg.Go(func() {
+			_, err := c.Introspect(context.Background(), fmt.Sprintf("made-up-%d", i))
+			if errors.Is(err, ErrUnavailable) {
+				unavailable.Add(1)
+			} else if !errors.Is(err, ErrInactive) {
+				t.Errorf("token %d: %v", i, err)
+			}
+		})
+	}
+	// Hold the two requests until the six others have given up.
+	for deadline := time.Now().Add(10 * time.Second); unavailable.Load() < 6 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if p := peak.Load(); p > 2 {
+		t.Errorf("%d requests in flight at once, want at most 2", p)
+	}
+	if u := unavailable.Load(); u != 6 {
+		t.Errorf("%d calls unavailable, want 6 (8 less the 2 slots)", u)
+	}
+}
+
+// A caller that gives up does not fail the others waiting on the same
+// request.
+func TestIntrospectCallerCancelDoesNotFailOthers(t *testing.T) {
+	now := time.Now()
+	f := newIdP(t, now)
+	slow := make(chan struct{})
+	inner := f.Config.Handler
+	gated := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-slow; inner.ServeHTTP(w, r) }))
+	defer gated.Close()
+	c, err := New(Config{Endpoint: gated.URL, ClientID: "gw", ClientSecret: "s3cret", Issuer: issuer, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { _, err := c.Introspect(ctx, "good"); first <- err }()
+	time.Sleep(20 * time.Millisecond)
+	second := make(chan error, 1)
+	go func() { _, err := c.Introspect(context.Background(), "good"); second <- err }()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if err := <-first; !errors.Is(err, ErrUnavailable) {
+		t.Errorf("cancelled caller: %v", err)
+	}
+	close(slow)
+	if err := <-second; err != nil {
+		t.Errorf("the other caller failed with the first one's cancellation: %v", err)
+	}
+}
