@@ -400,9 +400,10 @@ func (a *Agent) attest(ctx context.Context) error {
 // renewAgent renews the agent's own SVID (or re-attests with a fresh
 // Kubernetes token once it has expired).
 func (a *Agent) renewAgent(ctx context.Context) error {
-	now := a.cfg.Now()
-	cur := a.agentCert.Load()
-	if cur != nil && cur.Leaf != nil && !now.Before(cur.Leaf.NotAfter) && a.cfg.K8sTokenFile != "" {
+	if a.cfg.K8sTokenFile != "" {
+		// The server does not renew SVIDs attested with a Kubernetes
+		// token: the current token (and the agent allow list) are checked
+		// again for each one.
 		return a.attest(ctx)
 	}
 	key, csr, err := newKeyAndCSR()

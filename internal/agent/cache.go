@@ -144,6 +144,12 @@ func (a *Agent) failed(rs *renewState, what string, err error) {
 	d := a.backoff(rs.failures)
 	rs.next = a.cfg.Now().Add(d)
 	a.mu.Unlock()
+	if errors.Is(err, ErrRejected) {
+		// Refused, not unreachable: retrying will not help unless an
+		// operator acts (a new join token after an eviction, say).
+		a.cfg.Logger.Error("agent: "+what+" refused by the server; retrying, but this agent may need to attest again (postern server agents lists the registered agents)", "error", err.Error(), "retry_in", d)
+		return
+	}
 	a.cfg.Logger.Warn("agent: "+what+" failed; retrying", "error", err.Error(), "retry_in", d)
 }
 

@@ -48,10 +48,25 @@ type X509SVIDRequest struct {
 	// their holder attested for directly; delegated ones come back
 	// through an agent, which is authorized again each time.
 	Delegated bool
+	// Reattest marks an SVID whose holder must attest again instead of
+	// renewing it (subject OU ReattestOU): one obtained with a Kubernetes
+	// token, so that each new SVID is checked against the Workload's
+	// selectors, or the agent allow list, as they are then.
+	Reattest bool
 }
 
 // DelegatedOU is the subject organizational unit of delegated SVIDs.
 const DelegatedOU = "postern-delegated"
+
+// ReattestOU is the subject organizational unit of SVIDs that are not
+// renewed: their holder attests again.
+const ReattestOU = "postern-reattest"
+
+// MustReattest reports whether leaf's holder must attest again rather than
+// renew it.
+func MustReattest(leaf *x509.Certificate) bool {
+	return slices.Contains(leaf.Subject.OrganizationalUnit, ReattestOU)
+}
 
 // IsDelegated reports whether leaf was issued to an agent for a workload.
 func IsDelegated(leaf *x509.Certificate) bool {
@@ -101,7 +116,10 @@ func (c *CA) IssueX509SVID(ctx context.Context, req X509SVIDRequest) (*X509SVID,
 	}
 	subject := pkix.Name{Organization: []string{"SPIFFE"}}
 	if req.Delegated {
-		subject.OrganizationalUnit = []string{DelegatedOU}
+		subject.OrganizationalUnit = append(subject.OrganizationalUnit, DelegatedOU)
+	}
+	if req.Reattest {
+		subject.OrganizationalUnit = append(subject.OrganizationalUnit, ReattestOU)
 	}
 	certs, err := c.sign(leafRequest{
 		subject:  subject,

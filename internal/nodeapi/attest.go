@@ -67,6 +67,10 @@ func (h *Handler) attest(w http.ResponseWriter, r *http.Request, rec *record) (a
 	if aerr != nil {
 		return nil, aerr
 	}
+	// A Kubernetes token is presented again for every new SVID, so that
+	// changes to the Workload's selectors, or to the agent allow list,
+	// apply within one SVID lifetime (renewal would skip those checks).
+	req.Reattest = body.Method == MethodK8sPSAT
 	b, aerr := h.issue(r.Context(), req, id, wl)
 	if aerr != nil {
 		return nil, aerr

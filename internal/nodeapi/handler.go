@@ -89,6 +89,9 @@ type Agents interface {
 	// one) to new, and reports false when it is not stored or old is
 	// neither.
 	RenewAgent(ctx context.Context, id, old, new string, expiresAt time.Time) (bool, error)
+	// ConfirmAgent drops the agent's previous serial once the current one
+	// is in use.
+	ConfirmAgent(ctx context.Context, id, serial string) error
 }
 
 // K8sAttestor verifies Kubernetes projected service-account tokens
@@ -150,6 +153,7 @@ type Handler struct {
 
 	agentsMu   sync.Mutex
 	lastAgents map[string]seenAgent // by SPIFFE ID: the last registration read
+	sweepAt    int                  // prune lastAgents when it reaches this size
 
 	log    *slog.Logger
 	audit  *slog.Logger
@@ -199,7 +203,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		}
 		agents[sa] = true
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, k8sAgents: agents, lastAgents: map[string]seenAgent{}}, nil
+	return &Handler{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, k8sAgents: agents, lastAgents: map[string]seenAgent{}, sweepAt: 1024}, nil
 }
 
 // apiError is an error answer: the public code and description, and the
@@ -425,8 +429,10 @@ func (h *Handler) agent(r *http.Request, rec *record) (spiffeid.ID, *apiError) {
 }
 
 // agentGrace is how long a registration read from the store stands in for
-// it while the store fails: the last good state, never a guess.
-const agentGrace = 10 * time.Minute
+// it while the store fails: the last good state, never a guess. It is also
+// how late an eviction can take effect on a replica that cannot read the
+// store, so it is short.
+const agentGrace = time.Minute
 
 // registered checks that the agent's certificate is one of the two newest
 // the server issued it: the agent is still registered (not evicted) and has
@@ -438,6 +444,14 @@ func (h *Handler) registered(ctx context.Context, id spiffeid.ID, leaf *x509.Cer
 	h.agentsMu.Lock()
 	switch {
 	case err == nil:
+		if len(h.lastAgents) >= h.sweepAt {
+			for k, v := range h.lastAgents {
+				if now.Sub(v.at) >= agentGrace {
+					delete(h.lastAgents, k)
+				}
+			}
+			h.sweepAt = max(1024, 2*len(h.lastAgents))
+		}
 		h.lastAgents[id.String()] = seenAgent{a, now}
 	case errors.Is(err, store.ErrNotFound):
 		delete(h.lastAgents, id.String())
@@ -453,8 +467,24 @@ func (h *Handler) registered(ctx context.Context, id spiffeid.ID, leaf *x509.Cer
 	if err != nil {
 		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the agent registry is unavailable; retry later").withCause(err)
 	}
-	if s := serialOf(leaf); s != a.Serial && s != a.PrevSerial {
-		return errorf(http.StatusForbidden, CodeForbidden, "this certificate of agent %s was superseded (the agent attested again): it must attest again", id)
+	s := serialOf(leaf)
+	if s != a.Serial && (s != a.PrevSerial || a.PrevSerial == "") {
+		return errorf(http.StatusForbidden, CodeForbidden, "this certificate of agent %s is no longer current (the agent renewed or attested again since, or was evicted and re-registered): it must attest again", id)
+	}
+	if s == a.Serial && a.PrevSerial != "" && err == nil {
+		// The newest certificate is in use: the one before it (the agent
+		// kept it in case the renewal's answer was lost) may not renew
+		// from now on, so a copy of it cannot take the identity over.
+		if err := h.cfg.Agents.ConfirmAgent(ctx, id.String(), s); err != nil {
+			h.log.Warn("nodeapi: recording an agent's current certificate failed", slog.String("agent", id.String()), slog.String("error", err.Error()))
+		} else {
+			h.agentsMu.Lock()
+			if seen, ok := h.lastAgents[id.String()]; ok && seen.agent.Serial == s {
+				seen.agent.PrevSerial = ""
+				h.lastAgents[id.String()] = seen
+			}
+			h.agentsMu.Unlock()
+		}
 	}
 	return nil
 }
@@ -528,6 +558,9 @@ func (h *Handler) renew(w http.ResponseWriter, r *http.Request, rec *record) (an
 		// authorized again (the Workload's agents and selectors may
 		// have changed since).
 		return nil, errorf(http.StatusForbidden, CodeForbidden, "%s was obtained through a node agent; only an agent may renew it (x509svids)", id)
+	}
+	if ca.MustReattest(r.TLS.PeerCertificates[0]) {
+		return nil, errorf(http.StatusForbidden, CodeForbidden, "%s was attested with a Kubernetes token: attest again with the current token instead of renewing", id)
 	}
 	var body renewRequest
 	if aerr := decodeBody(w, r, &body); aerr != nil {

@@ -241,6 +241,20 @@ func TestRenew(t *testing.T) {
 	_, err = db.Renew(ctx, csrFor(t, newKey(t)))
 	wantErr(t, err, 403, CodeForbidden)
 
+	// An SVID attested with a Kubernetes token is not renewed: the pod
+	// attests again with its current token, so that the Workload's
+	// selectors are checked for every SVID.
+	podKey := newKey(t)
+	ps, err := e.client(t, nil).Attest(ctx, MethodK8sPSAT, "pod-prod-api", RoleWorkload, csrFor(t, podKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ca.MustReattest(ps.Certificates[0]) || ca.MustReattest(s.Certificates[0]) {
+		t.Error("only the SVID attested with a Kubernetes token must be attested again")
+	}
+	_, err = e.client(t, tlsCert(ps.Certificates, podKey)).Renew(ctx, csrFor(t, newKey(t)))
+	wantErr(t, err, 403, CodeForbidden)
+
 	// A Workload that becomes agent-only (unix selectors) stops renewing
 	// directly: its SVIDs come through an agent from then on.
 	e.engine.Store(compilePolicy(t, strings.Replace(resources, "  svidTTL: 10m\n  dnsNames: [direct.shop.svc]\n", "  selectors: [{type: unix, value: \"uid:3000\"}]\n", 1)))
@@ -289,12 +303,18 @@ func TestAgentRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	renewed := e.client(t, tlsCert(s.Certificates, key))
-	if _, err := renewed.Workloads(ctx); err != nil {
-		t.Fatalf("renewed certificate: %v", err)
-	}
 	if _, err := first.Workloads(ctx); err != nil {
-		t.Fatalf("previous certificate: %v", err)
+		t.Fatalf("previous certificate before the new one is used: %v", err)
 	}
+	// Once the new certificate is used, the previous one is done: a copy of
+	// it cannot renew and take the identity over.
+	if _, err := renewed.Workloads(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err = first.Workloads(ctx)
+	wantErr(t, err, 403, CodeForbidden)
+	_, err = first.Renew(ctx, csrFor(t, newKey(t)))
+	wantErr(t, err, 403, CodeForbidden)
 
 	// A second attestation under the same ID supersedes both.
 	_, second := attestAgent()

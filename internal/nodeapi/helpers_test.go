@@ -211,12 +211,25 @@ func (s *memAgents) RenewAgent(_ context.Context, id, old, new string, exp time.
 		return false, s.fail
 	}
 	a, ok := s.m[id]
-	if !ok || (old != a.Serial && old != a.PrevSerial) {
+	if !ok || old == "" || (old != a.Serial && old != a.PrevSerial) {
 		return false, nil
 	}
 	a.PrevSerial, a.Serial, a.ExpiresAt = old, new, exp
 	s.m[id] = a
 	return true, nil
+}
+
+func (s *memAgents) ConfirmAgent(_ context.Context, id, serial string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	if a, ok := s.m[id]; ok && a.Serial == serial {
+		a.PrevSerial = ""
+		s.m[id] = a
+	}
+	return nil
 }
 
 func (s *memAgents) delete(id string) {

@@ -271,15 +271,14 @@ func (s *AttestedSource) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.cfg.K8sTokenFile != "" && !s.now().Before(s.svid.Load().Certificates[0].NotAfter) {
-		return s.attest(ctx) // expired: a Kubernetes token attests again
+	if s.cfg.K8sTokenFile != "" {
+		// The server does not renew SVIDs attested with a Kubernetes
+		// token: it checks the current token (and the Workload's
+		// selectors) again for each one.
+		return s.attest(ctx)
 	}
 	resp, err := s.client.Renew(ctx, csr)
 	if err != nil {
-		var ne *nodeapi.Error
-		if errors.As(err, &ne) && ne.Status == 401 && s.cfg.K8sTokenFile != "" {
-			return s.attest(ctx) // refused: a Kubernetes token attests again
-		}
 		return err
 	}
 	return s.install(resp, key)

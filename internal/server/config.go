@@ -267,16 +267,57 @@ func LoadDataDirConfig(dataDir string) (*Config, error) {
 	return &Config{TrustDomain: in.TrustDomain, DataDir: dataDir}, nil
 }
 
+// createFileAtomic creates path with data, whole or not at all: written and
+// synced under a temporary name, then linked into place, which fails with
+// os.ErrExist if path exists.
+func createFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Link(tmp, path)
+}
+
+// stateFiles are what a data dir holds once a server has used it.
+var stateFiles = []string{"postern.db", "kek", "bundle.pem"}
+
 // checkInstance records the trust domain in a new data dir, and refuses a
-// data dir that belongs to another trust domain.
+// data dir that belongs to another trust domain, or that holds a server's
+// state without saying whose (its instance.json lost): adopting it for the
+// configured trust domain could mix two trust domains' keys and records.
 func checkInstance(c *Config) error {
 	path := filepath.Join(c.DataDir, instanceFile)
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		for _, name := range stateFiles {
+			if _, err := os.Lstat(filepath.Join(c.DataDir, name)); err == nil {
+				return fmt.Errorf("server: data dir %s holds %s but no %s: it is not known which trust domain it belongs to; if it is %q, create %s containing {\"trustDomain\":%q}",
+					c.DataDir, name, instanceFile, c.TrustDomain, path, c.TrustDomain)
+			}
+		}
 		data, _ := json.Marshal(instance{TrustDomain: c.TrustDomain})
-		if err := os.WriteFile(path, append(data, '\n'), 0o600); err != nil {
+		if err := createFileAtomic(path, append(data, '\n')); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("server: data dir: %w", err)
+		} else if err != nil {
+			return checkInstance(c) // another server created it meanwhile
 		}
 		return nil
 	case err != nil:

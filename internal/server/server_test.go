@@ -329,6 +329,18 @@ func TestDataDirBelongsToOneTrustDomain(t *testing.T) {
 	if err != nil || got.TrustDomain != "a.test" {
 		t.Fatalf("LoadDataDirConfig = %+v, %v", got, err)
 	}
+	// A used data dir whose instance.json was lost is not adopted by
+	// whichever trust domain starts on it next.
+	if err := os.Remove(filepath.Join(dir, instanceFile)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(context.Background(), &Config{TrustDomain: "b.test", DataDir: dir}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "but no instance.json") {
+		t.Fatalf("adopted a used data dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, instanceFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("instance.json written for the refused trust domain: %v", err)
+	}
 }
 
 func TestLoadConfigErrors(t *testing.T) {

@@ -528,11 +528,23 @@ func (s *sqlStore) RenewAgent(ctx context.Context, id, old, new string, expiresA
 	}
 	a.time("expires at", expiresAt)
 	n, err := s.exec(ctx, `UPDATE agents SET prev_serial = $2, serial = $3, expires_at = $4
-WHERE spiffe_id = $1 AND (serial = $2 OR prev_serial = $2)`, &a)
+WHERE spiffe_id = $1 AND (serial = $2 OR (prev_serial = $2 AND prev_serial <> ''))`, &a)
 	if err != nil {
 		return false, fmt.Errorf("store: renew agent: %w", err)
 	}
 	return n == 1, nil
+}
+
+// ConfirmAgent clears the agent's previous serial once its current one
+// (serial) is in use; a stale serial changes nothing.
+func (s *sqlStore) ConfirmAgent(ctx context.Context, id, serial string) error {
+	var a args
+	a.text("spiffe id", id, true)
+	a.text("serial", serial, true)
+	if _, err := s.exec(ctx, `UPDATE agents SET prev_serial = '' WHERE spiffe_id = $1 AND serial = $2 AND prev_serial <> ''`, &a); err != nil {
+		return fmt.Errorf("store: confirm agent: %w", err)
+	}
+	return nil
 }
 
 // DeleteAgent removes the agent; a missing one is not an error.

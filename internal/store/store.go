@@ -80,6 +80,10 @@ type Store interface {
 	// not stored or old is neither of its serials. It is atomic across
 	// replicas sharing the store.
 	RenewAgent(ctx context.Context, id, old, new string, expiresAt time.Time) (bool, error)
+	// ConfirmAgent records that the agent id has used its current serial:
+	// its previous serial stops being accepted (a copy of an older
+	// certificate cannot renew after the newer one was used).
+	ConfirmAgent(ctx context.Context, id, serial string) error
 	// DeleteAgent removes (evicts) the agent; a missing one is not an error.
 	DeleteAgent(ctx context.Context, id string) error
 

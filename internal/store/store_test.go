@@ -503,6 +503,18 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		}
 		got, _ = s.Agent(ctx, id)
 		equal(t, "serials", [2]string{got.Serial, got.PrevSerial}, [2]string{"s3", "s1"})
+		// Once s3 is used, s1 (a copy kept elsewhere, say) may not renew.
+		mustNil(t, s.ConfirmAgent(ctx, id, "s1")) // stale: nothing changes
+		got, _ = s.Agent(ctx, id)
+		equal(t, "after a stale confirmation", got.PrevSerial, "s1")
+		mustNil(t, s.ConfirmAgent(ctx, id, "s3"))
+		got, _ = s.Agent(ctx, id)
+		equal(t, "after confirmation", [2]string{got.Serial, got.PrevSerial}, [2]string{"s3", ""})
+		ok, err = s.RenewAgent(ctx, id, "s1", "sx", base.Add(4*time.Hour))
+		mustNil(t, err)
+		equal(t, "renewed from a serial confirmed away", ok, false)
+		ok, _ = s.RenewAgent(ctx, id, "", "sx", base.Add(4*time.Hour))
+		equal(t, "renewed from an empty serial", ok, false)
 
 		// A new attestation replaces the record and its serials.
 		mustNil(t, s.PutAgent(ctx, Agent{SPIFFEID: id, Method: "k8s_psat", AttestedAt: base.Add(time.Hour), Serial: "n1", ExpiresAt: base.Add(5 * time.Hour)}))
