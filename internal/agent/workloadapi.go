@@ -41,10 +41,16 @@ type workloadAPI struct {
 
 var _ workload.SpiffeWorkloadAPIServer = (*workloadAPI)(nil)
 
+// maxStreamsPerConnection bounds what one local caller may hold open.
+const maxStreamsPerConnection = 32
+
 func (a *Agent) newGRPCServer() *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.Creds(&peerCredentials{attestor: a.attestor, logger: a.cfg.Logger}),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		// Local callers are not trusted to be frugal: a client of the
+		// Workload API needs a handful of streams.
+		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if !hasSecurityHeader(ctx) {
 				return nil, errNoHeader

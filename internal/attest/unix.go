@@ -99,9 +99,28 @@ type UnixAttestor struct {
 	// kernels older than 6.5 (tests).
 	noPeerPIDFD bool
 
+	// hashing bounds the executables hashed at once: a caller can make the
+	// agent hash a large file on every connection (touching it defeats the
+	// cache), so that work must not run unbounded in parallel.
+	hashing chan struct{}
+
 	mu    sync.Mutex
 	lru   *list.List // of *hashEntry, most recent first
 	index map[hashKey]*list.Element
+}
+
+// maxConcurrentHashes is the size of UnixAttestor.hashing.
+const maxConcurrentHashes = 2
+
+// hashSlots returns the semaphore of hashing, made on first use (the zero
+// UnixAttestor is usable).
+func (a *UnixAttestor) hashSlots() chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.hashing == nil {
+		a.hashing = make(chan struct{}, maxConcurrentHashes)
+	}
+	return a.hashing
 }
 
 // hashKey identifies an executable's content without reading it.

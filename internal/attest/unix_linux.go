@@ -96,9 +96,27 @@ func (a *UnixAttestor) attest(conn *net.UnixConn, limit int64) (*UnixPeer, error
 	if err != nil {
 		return nil, refuse(fmt.Errorf("peer executable: %w", err))
 	}
-	sum, err := a.hashExe(proc+"/exe", path, limit)
+	sum, hashed, err := a.hashExe(proc+"/exe", path, limit)
 	if err != nil {
 		return nil, refuse(err)
+	}
+	// The path and the hash must describe the same file: an exec between
+	// reading the link and opening the image would pair one binary's path
+	// with another's hash.
+	if again, err := os.Readlink(proc + "/exe"); err != nil || again != path {
+		return nil, refuse(fmt.Errorf("%w: its executable changed", errPeerChanged))
+	}
+	if fi, err := os.Stat(proc + "/exe"); err != nil {
+		return nil, refuse(fmt.Errorf("peer executable: %w", err))
+	} else if st, ok := fi.Sys().(*syscall.Stat_t); !ok || uint64(st.Dev) != hashed.dev || st.Ino != hashed.ino {
+		return nil, refuse(fmt.Errorf("%w: its executable changed", errPeerChanged))
+	}
+	// The path is as the peer's mount namespace sees it: in another one (a
+	// container, or an unprivileged user namespace with a bind mount over
+	// a trusted binary's path) it names nothing the agent can vouch for,
+	// so only the hash of the running image is kept.
+	if !sameMountNamespace(proc) {
+		path = ""
 	}
 	// The pidfd still refers to a live (or zombie, unreaped) process, so
 	// the pid was never reused while /proc/<pid> was read above.
@@ -118,40 +136,54 @@ func (a *UnixAttestor) attest(conn *net.UnixConn, limit int64) (*UnixPeer, error
 	return &UnixPeer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid, Path: path, SHA256: sum}, nil
 }
 
+// sameMountNamespace reports whether the process at proc shares the
+// agent's mount namespace; any doubt counts as no.
+func sameMountNamespace(proc string) bool {
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return false
+	}
+	peer, err := os.Readlink(proc + "/ns/mnt")
+	return err == nil && peer == self
+}
+
 // hashExe returns the hex SHA-256 of the image at exe (/proc/<pid>/exe,
 // which opens the running file even when path was replaced), from the cache
-// when its identity is unchanged.
-func (a *UnixAttestor) hashExe(exe, path string, limit int64) (string, error) {
+// when its identity is unchanged, and the identity of the file it hashed.
+func (a *UnixAttestor) hashExe(exe, path string, limit int64) (string, hashKey, error) {
 	f, err := os.Open(exe)
 	if err != nil {
-		return "", fmt.Errorf("peer executable: %w", err)
+		return "", hashKey{}, fmt.Errorf("peer executable: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", fmt.Errorf("peer executable: %w", err)
+		return "", hashKey{}, fmt.Errorf("peer executable: %w", err)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok || !fi.Mode().IsRegular() {
-		return "", errors.New("peer executable is not a regular file")
+		return "", hashKey{}, errors.New("peer executable is not a regular file")
 	}
 	if fi.Size() > limit {
-		return "", fmt.Errorf("%w: %d bytes, the limit is %d", errExeTooLarge, fi.Size(), limit)
+		return "", hashKey{}, fmt.Errorf("%w: %d bytes, the limit is %d", errExeTooLarge, fi.Size(), limit)
 	}
 	key := hashKey{
 		path: path, dev: uint64(st.Dev), ino: st.Ino, size: st.Size,
 		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(),
 	}
 	if sum, ok := a.cached(key); ok {
-		return sum, nil
+		return sum, key, nil
 	}
+	slots := a.hashSlots()
+	slots <- struct{}{}
+	defer func() { <-slots }()
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(f, limit+1))
 	if err != nil {
-		return "", fmt.Errorf("peer executable: %w", err)
+		return "", hashKey{}, fmt.Errorf("peer executable: %w", err)
 	}
 	if n > limit {
-		return "", fmt.Errorf("%w: over %d bytes", errExeTooLarge, limit)
+		return "", hashKey{}, fmt.Errorf("%w: over %d bytes", errExeTooLarge, limit)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	// Remember only if the file did not change while it was read.
@@ -161,7 +193,7 @@ func (a *UnixAttestor) hashExe(exe, path string, limit int64) (string, error) {
 			a.remember(key, sum)
 		}
 	}
-	return sum, nil
+	return sum, key, nil
 }
 
 // readProcState reads the start time and effective uid/gid of proc.

@@ -316,3 +316,14 @@ func TestUnixAttestorConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A peer's executable path is kept only when it shares the agent's mount
+// namespace: elsewhere the path names whatever that namespace mounted there.
+func TestSameMountNamespace(t *testing.T) {
+	if !sameMountNamespace("/proc/self") {
+		t.Error("this process is not in its own mount namespace")
+	}
+	if sameMountNamespace("/proc/0") {
+		t.Error("an unreadable namespace counted as the same")
+	}
+}

@@ -450,7 +450,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 			Actors:   user.claims.Act.Chain(),
 			Method:   r.Method,
 			Path:     p,
-			Host:     r.Host,
+			Host:     normHost(r.Host), // as the route matched it
 			Port:     localPort(r),
 		}
 		req.Headers, req.RepeatedHeaders = proxy.PolicyHeaders(r.Header)

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +117,10 @@ func TestGatewayOpaqueToken(t *testing.T) {
 		"sub": "bob", "aud": shopAud, "scope": "orders:read", "exp": now.Add(time.Hour).Unix(), "client_id": "shop-web",
 	})
 	h.idp.addOpaque("opaque-other-aud", map[string]any{"sub": "bob", "aud": "elsewhere", "scope": "orders:read", "exp": now.Add(time.Hour).Unix()})
+	// Sender-constrained tokens (DPoP's jkt here) are refused as the JWT
+	// path refuses them: the gateway cannot check the proof of possession.
+	h.idp.addOpaque("opaque-dpop", map[string]any{"sub": "bob", "aud": shopAud, "scope": "orders:read", "exp": now.Add(time.Hour).Unix(),
+		"cnf": map[string]any{"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}})
 	if r := h.do(t, "GET", "/orders", "", bearer("opaque-bob")); r.status != 200 {
 		t.Fatalf("active opaque token: %d %s", r.status, r.body)
 	}
@@ -127,6 +133,7 @@ func TestGatewayOpaqueToken(t *testing.T) {
 	for _, tc := range []struct{ name, tok, desc string }{
 		{"unknown", "opaque-unknown", "neither a valid JWT nor an active token"},
 		{"other audience", "opaque-other-aud", "not addressed to an audience"},
+		{"DPoP-bound", "opaque-dpop", "confirmation method other than x5t#S256"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := h.do(t, "GET", "/orders", "", bearer(tc.tok))
@@ -342,5 +349,80 @@ func TestSVIDCertificate(t *testing.T) {
 	}
 	if _, err := x509.ParseCertificate(c1.Certificate[0]); err != nil {
 		t.Error(err)
+	}
+}
+
+// A route's condition sees the host as the route matched it (lower case,
+// no port, no trailing dot): spellings of a host must not slip past a
+// condition that names it.
+func TestGatewayConditionHostNormalised(t *testing.T) {
+	h := newHarness(t, harnessOptions{extraRoutes: `- name: reports
+  pathPrefix: /reports
+  upstream: {name: reports, addresses: ["127.0.0.1:1"], spiffeID: "spiffe://quickstart.local/ns/shop/sa/reports"}
+  condition: 'host != "partners.example"'
+`})
+	user := h.idp.token(t, h.clock.Now(), "alice", "orders:read", nil)
+	for _, host := range []string{"partners.example", "PARTNERS.example", "partners.example.", "partners.example:443"} {
+		if r := h.do(t, "GET", "/reports/x", host, bearer(user)); r.status != 403 {
+			t.Errorf("Host %q: %d, want 403 from the condition", host, r.status)
+		}
+	}
+}
+
+// Headers with which frameworks reroute a request, or take the client's
+// address, and an Upgrade to anything but WebSocket never reach the
+// upstream.
+func TestGatewayDropsOverrideHeaders(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	user := h.idp.token(t, h.clock.Now(), "alice", "orders:read", nil)
+	h.client = userClient(h.ca.Pool(), false) // HTTP/1.1: HTTP/2 has no Upgrade
+	hdr := bearer(user)
+	for _, k := range []string{"X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-Method-Override", "X-Real-IP", "Upgrade"} {
+		hdr[k] = "spoof"
+	}
+	hdr["Connection"] = "Upgrade"
+	if r := h.do(t, "GET", "/orders/1", "", hdr); r.status != 200 {
+		t.Fatalf("status %d %s", r.status, r.body)
+	}
+	seen := h.up.last()
+	for k := range hdr {
+		if k != "Authorization" && k != "Connection" && seen.Header.Get(k) != "" {
+			t.Errorf("%s reached the upstream", k)
+		}
+	}
+}
+
+// With two introspecting issuers, an opaque token goes to the issuer whose
+// tokenPrefix it has, and no other IdP sees it.
+func TestGatewayOpaqueTokenGoesToItsIssuerOnly(t *testing.T) {
+	a, b := newIdP(t), newIdP(t)
+	dir := t.TempDir()
+	for name, p := range map[string]*idp{"aaa-partner": a, "zzz-corp": b} {
+		sub := t.TempDir()
+		p.trustedIssuer(t, sub, false)
+		doc, err := os.ReadFile(filepath.Join(sub, "test-idp.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := strings.Replace(string(doc), "name: test-idp", "name: "+name, 1)
+		s = strings.Replace(s, "  introspection:\n", "  introspection:\n    tokenPrefix: "+name[4:]+"_\n", 1)
+		if err := os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.addOpaque("corp_user-token", map[string]any{"sub": "bob", "aud": shopAud, "exp": time.Now().Add(time.Hour).Unix()})
+	is, err := loadIssuers(dir, issuerOptions{skew: 30 * time.Second, now: time.Now, logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := is.authenticate(context.Background(), "corp_user-token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.claims.Subject != "bob" || a.intros.Load() != 0 || b.intros.Load() != 1 {
+		t.Errorf("%s authenticated; introspections: partner %d, corp %d (want 0 and 1)", p.claims.Subject, a.intros.Load(), b.intros.Load())
+	}
+	if _, err := is.authenticate(context.Background(), "no-prefix-token"); err == nil || a.intros.Load()+b.intros.Load() != 1 {
+		t.Errorf("a token with no issuer's prefix: %v; introspections %d", err, a.intros.Load()+b.intros.Load())
 	}
 }

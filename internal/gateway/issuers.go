@@ -230,6 +230,9 @@ func (s *issuers) authenticate(ctx context.Context, raw string) (*principal, err
 	}
 	var unavailable bool
 	for _, is := range s.opaque {
+		if !is.res.Introspection.Accepts(raw) {
+			continue // another issuer's token: never shown to this one
+		}
 		claims, err := is.introspect.Introspect(ctx, raw)
 		if errors.Is(err, introspect.ErrUnavailable) {
 			unavailable = true
@@ -241,8 +244,10 @@ func (s *issuers) authenticate(ctx context.Context, raw string) (*principal, err
 		if !is.accepts(claims) {
 			return nil, fmt.Errorf("%w: the token is not addressed to an audience this gateway accepts", token.ErrAudience)
 		}
-		if claims.Cnf != nil && claims.Cnf.X5tS256 != "" {
-			return nil, fmt.Errorf("%w: the token is bound to a client certificate", token.ErrBinding)
+		// A sender-constrained token (a certificate, or a DPoP key) cannot
+		// be used by whoever merely holds it, as the JWT path refuses too.
+		if err := claims.CheckBinding(nil); err != nil {
+			return nil, err
 		}
 		return &principal{claims: claims, m: claims.Map()}, nil
 	}

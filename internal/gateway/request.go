@@ -89,11 +89,30 @@ func safeReason(s string) string {
 // identity headers (X-Postern-*, in any case, "_" for "-").
 func hasPosternPrefix(k string) bool { return proxy.IsPosternHeader(k) }
 
-// forwardHeader copies h without X-Postern-* headers and Authorization.
+// overrideHeaders are request headers with which some frameworks route a
+// request to another path or method than its request line names, or take
+// the client's address, undoing what the gateway decided on; they never
+// reach an upstream from outside.
+var overrideHeaders = map[string]bool{
+	"X-Original-Url":         true,
+	"X-Rewrite-Url":          true,
+	"X-Http-Method-Override": true,
+	"X-Http-Method":          true,
+	"X-Method-Override":      true,
+	"X-Real-Ip":              true,
+}
+
+// forwardHeader copies h without X-Postern-* headers, Authorization, the
+// override headers, and an Upgrade to anything but WebSocket (after an
+// upgrade the connection is a tunnel the gateway no longer checks).
 func forwardHeader(h http.Header) http.Header {
 	out := make(http.Header, len(h))
 	for k, v := range h {
-		if k == "Authorization" || hasPosternPrefix(k) || strings.EqualFold(k, "Authorization") {
+		ck := http.CanonicalHeaderKey(k)
+		if ck == "Authorization" || hasPosternPrefix(k) || overrideHeaders[ck] {
+			continue
+		}
+		if ck == "Upgrade" && !(len(v) == 1 && strings.EqualFold(strings.TrimSpace(v[0]), "websocket")) {
 			continue
 		}
 		out[k] = v

@@ -217,6 +217,29 @@ func compile(set *Set, opts CompileOptions, envs *celEnvs) (*Engine, Problems) {
 		}
 		e.byIssuer[t.Issuer] = i
 	}
+	// An opaque token says nothing about its issuer: with several issuers
+	// to ask, each needs a prefix that picks out its own tokens, or every
+	// IdP would be shown every other IdP's live tokens.
+	var introspecting []TrustedIssuer
+	for _, t := range e.issuers {
+		if t.Introspection != nil {
+			introspecting = append(introspecting, t)
+		}
+	}
+	if len(introspecting) > 1 {
+		for i, t := range introspecting {
+			p := t.Introspection.TokenPrefix
+			if p == "" {
+				at(t.Origin)("spec.introspection", fmt.Sprintf("introspection.tokenPrefix: required when more than one TrustedIssuer introspects (%d do), so that each opaque token goes to its own issuer only", len(introspecting)))
+				continue
+			}
+			for _, o := range introspecting[:i] {
+				if q := o.Introspection.TokenPrefix; q != "" && (strings.HasPrefix(p, q) || strings.HasPrefix(q, p)) {
+					at(t.Origin)("spec.introspection", fmt.Sprintf("introspection.tokenPrefix %q overlaps TrustedIssuer %q's %q", p, o.Name, q))
+				}
+			}
+		}
+	}
 
 	e.federations = slices.Clone(set.Federations)
 	slices.SortFunc(e.federations, func(a, b Federation) int { return strings.Compare(a.Name, b.Name) })

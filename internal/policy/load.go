@@ -183,6 +183,9 @@ func (l *loader) parse(name string, data []byte) {
 		if len(doc.Content) == 0 {
 			continue
 		}
+		if root := doc.Content[0]; root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" && root.Value == "" {
+			continue // an empty document: "---" with nothing after it
+		}
 		l.document(name, doc.Content[0])
 	}
 }
@@ -452,10 +455,20 @@ func (l *loader) workload(f *fileCtx, d *document[workloadSpec]) {
 	} else if w.SVIDTTL > MaxSVIDTTL {
 		f.report("spec.svidTTL", fmt.Sprintf("svidTTL: %s is longer than %s; short-lived SVIDs are the point (renewal is automatic)", w.SVIDTTL, MaxSVIDTTL))
 	}
+	unix, owner := false, false
 	for i, sel := range s.Selectors {
 		if sel.Type == "" || sel.Value == "" {
 			f.report(fmt.Sprintf("spec.selectors[%d]", i), "selectors: type and value are required")
 		}
+		if sel.Type == "unix" && sel.Value != "" {
+			unix = true
+			owner = owner || strings.HasPrefix(sel.Value, "uid:") || strings.HasPrefix(sel.Value, "user:")
+		}
+	}
+	if unix && !owner {
+		// path: and sha256: describe a binary, not who runs it: any local
+		// user can run that binary, or connect and then exec it.
+		f.report("spec.selectors", "selectors: unix selectors need a uid: or user: selector; path: and sha256: alone do not tell apart processes of different users")
 	}
 	for i, a := range s.Agents {
 		m, err := parseSPIFFEGlob(a)

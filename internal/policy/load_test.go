@@ -43,6 +43,11 @@ func TestParseProblems(t *testing.T) {
 			want: []string{`f.yaml:2: unknown kind "Gizmo" (want Workload, TrustedIssuer, ExchangePolicy, AuthorizationPolicy, Federation or PolicyTest)`},
 		},
 		{
+			name: "unix selectors without an owner",
+			yaml: "apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec:\n  spiffeID: spiffe://td.test/w\n  selectors: [{type: unix, value: \"path:/usr/bin/app\"}, {type: unix, value: \"sha256:ab\"}]\n",
+			want: []string{`f.yaml:6: selectors: unix selectors need a uid: or user: selector; path: and sha256: alone do not tell apart processes of different users`},
+		},
+		{
 			name: "svidTTL too long",
 			yaml: "apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec:\n  spiffeID: spiffe://td.test/w\n  svidTTL: 720h\n",
 			want: []string{`f.yaml:6: svidTTL: 720h0m0s is longer than 24h0m0s; short-lived SVIDs are the point (renewal is automatic)`},
@@ -416,5 +421,57 @@ spec:
 	w := p.Rules[0].When[0]
 	if fmt.Sprintf("%v %v %s", w.Values, w.NotValues, p.Labels["legacy"]) != "[on y] [off no] yes" {
 		t.Errorf("values %q, notValues %q, label %q", w.Values, w.NotValues, p.Labels["legacy"])
+	}
+}
+
+// An opaque token names no issuer: with several introspecting issuers each
+// needs its own token prefix, so no IdP is shown another's live tokens.
+func TestIntrospectionTokenPrefixes(t *testing.T) {
+	doc := func(name, prefix string) string {
+		p := ""
+		if prefix != "" {
+			p = ", tokenPrefix: " + prefix
+		}
+		return fmt.Sprintf(`apiVersion: postern.dev/v1
+kind: TrustedIssuer
+metadata: {name: %s}
+spec:
+  issuer: https://%s.example
+  audiences: [shop]
+  introspection: {endpoint: "https://%s.example/introspect", clientID: gw, clientSecretFile: /s%s}
+---
+`, name, name, name, p)
+	}
+	for _, tc := range []struct {
+		name, src string
+		want      []string
+	}{
+		{"one issuer needs no prefix", doc("corp", ""), nil},
+		{"distinct prefixes", doc("corp", "corp_") + doc("partner", "ptn_"), nil},
+		{"a prefix missing", doc("corp", "corp_") + doc("partner", ""), []string{
+			`f.yaml:9: introspection.tokenPrefix: required when more than one TrustedIssuer introspects (2 do), so that each opaque token goes to its own issuer only`}},
+		{"overlapping prefixes", doc("corp", "c") + doc("partner", "corp_"), []string{
+			`f.yaml:9: introspection.tokenPrefix "corp_" overlaps TrustedIssuer "corp"'s "c"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			set, err := Parse("f.yaml", []byte(tc.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Compile(set, CompileOptions{})
+			var got []string
+			if err != nil {
+				got = problemsOf(t, err)
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+			if err == nil {
+				in := &Introspection{TokenPrefix: "corp_"}
+				if !in.Accepts("corp_abc") || in.Accepts("ptn_abc") || !(&Introspection{}).Accepts("anything") {
+					t.Error("Accepts")
+				}
+			}
+		})
 	}
 }

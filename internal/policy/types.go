@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -148,6 +149,16 @@ type Introspection struct {
 	Endpoint         string `json:"endpoint"`
 	ClientID         string `json:"clientID"`
 	ClientSecretFile string `json:"clientSecretFile"`
+	// TokenPrefix routes opaque tokens: only tokens starting with it are
+	// sent to this issuer. Required when more than one TrustedIssuer
+	// introspects, so that no IdP is shown another IdP's live tokens.
+	TokenPrefix string `json:"tokenPrefix,omitempty"`
+}
+
+// Accepts reports whether an opaque token may be sent to this issuer's
+// introspection endpoint.
+func (in *Introspection) Accepts(tok string) bool {
+	return strings.HasPrefix(tok, in.TokenPrefix)
 }
 
 // Bundle endpoint profiles of a Federation (SPIFFE Federation §5.2).

@@ -150,7 +150,7 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 	parsed, err := token.Parse(raw, s.cfg.MaxTokenBytes)
 	if err != nil {
 		if errors.Is(err, token.ErrMalformed) && len(st.opaque) > 0 {
-			return s.verifyOpaque(ctx, raw, st, what)
+			return s.verifyOpaque(ctx, raw, c, st, what)
 		}
 		return nil, grantErr(what, err)
 	}
@@ -189,6 +189,9 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 	if e := ei.checkAudience(what, claims.Audience); e != nil {
 		return nil, e
 	}
+	if err := claims.CheckBinding(c.cert); err != nil {
+		return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s is sender-constrained to a key or certificate this client did not present: %v", what, err))
+	}
 	if claims.Subject == "" {
 		return nil, oauthErr(codeInvalidGrant, what+" has no sub")
 	}
@@ -199,9 +202,12 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 // name order, about a token that is not a JWT. The first that reports it
 // active, for an accepted audience, vouches for it; an unreachable
 // endpoint is never taken for an answer.
-func (s *Service) verifyOpaque(ctx context.Context, raw string, st *state, what string) (*subject, *Error) {
+func (s *Service) verifyOpaque(ctx context.Context, raw string, c *caller, st *state, what string) (*subject, *Error) {
 	var unavailable error
 	for _, ei := range st.opaque {
+		if !ei.res.Introspection.Accepts(raw) {
+			continue // another issuer's token: never shown to this one
+		}
 		claims, err := ei.introspect.Introspect(ctx, raw)
 		if errors.Is(err, introspect.ErrUnavailable) {
 			unavailable = err
@@ -212,6 +218,9 @@ func (s *Service) verifyOpaque(ctx context.Context, raw string, st *state, what 
 		}
 		if e := ei.checkAudience(what, claims.Audience); e != nil {
 			return nil, e
+		}
+		if err := claims.CheckBinding(c.cert); err != nil {
+			return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s is sender-constrained to a key or certificate this client did not present: %v", what, err))
 		}
 		return &subject{claims: claims, ext: ei}, nil
 	}

@@ -37,6 +37,8 @@ func TestOpaqueSubjectTokens(t *testing.T) {
 			fmt.Fprintf(w, `{"active":true,"sub":"alice","aud":"shop","scope":"orders:read","exp":%d,"email":"alice@example.com"}`, exp)
 		case "opaque-wrong-aud":
 			fmt.Fprintf(w, `{"active":true,"sub":"alice","aud":"elsewhere","exp":%d}`, exp)
+		case "opaque-dpop": // sender-constrained to a DPoP key nobody here holds
+			fmt.Fprintf(w, `{"active":true,"sub":"alice","aud":"shop","exp":%d,"cnf":{"jkt":"0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}`, exp)
 		default:
 			fmt.Fprint(w, `{"active":false}`)
 		}
@@ -100,7 +102,7 @@ spec:
 	if c.Subject != "alice" || c.Scope != "orders:read" || c.Extra["email"] != "alice@example.com" || !slices.Equal(c.Act.Chain(), []string{gatewayID}) {
 		t.Errorf("claims = %+v", c)
 	}
-	for tok, want := range map[string]int{"opaque-inactive": 400, "opaque-wrong-aud": 400} {
+	for tok, want := range map[string]int{"opaque-inactive": 400, "opaque-wrong-aud": 400, "opaque-dpop": 400} {
 		if r := ex(tok); r.status != want || r.str("error") != "invalid_grant" {
 			t.Errorf("%s: %d %s", tok, r.status, r.raw)
 		}
