@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
+	"sync"
 
 	"google.golang.org/grpc/credentials"
 
@@ -32,6 +34,71 @@ func (peerInfo) AuthType() string { return "unix-peer" }
 type peerCredentials struct {
 	attestor PeerAttestor
 	logger   *slog.Logger
+	limits   *connLimits // nil: unlimited
+}
+
+// Every local user can connect to the socket: how many connections the
+// agent holds at once, in all and per caller (a uid, or all callers that
+// could not be attested together).
+const (
+	maxConnections          = 1024
+	maxConnectionsPerCaller = 64
+)
+
+// connLimits counts the open Workload API connections.
+type connLimits struct {
+	total, perCaller int
+
+	mu     sync.Mutex
+	open   int
+	byUser map[string]int
+}
+
+func newConnLimits(total, perCaller int) *connLimits {
+	return &connLimits{total: total, perCaller: perCaller, byUser: map[string]int{}}
+}
+
+// acquire takes a slot for caller, or reports false when none is free.
+func (l *connLimits) acquire(caller string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open >= l.total || l.byUser[caller] >= l.perCaller {
+		return false
+	}
+	l.open++
+	l.byUser[caller]++
+	return true
+}
+
+func (l *connLimits) release(caller string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if l.byUser[caller]--; l.byUser[caller] <= 0 {
+		delete(l.byUser, caller)
+	}
+}
+
+// limitedConn gives its slot back when closed.
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+// callerKey is what a connection counts against: its uid selector.
+func callerKey(sel []Selector) string {
+	for _, s := range sel {
+		if s.Type == attest.SelectorUnix && strings.HasPrefix(s.Value, "uid:") {
+			return s.Value
+		}
+	}
+	return "unattested"
 }
 
 var _ credentials.TransportCredentials = (*peerCredentials)(nil)
@@ -55,6 +122,14 @@ func (c *peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 	if info.Err != nil {
 		c.logger.Warn("agent: could not attest a Workload API caller", "error", info.Err.Error())
 		info.Selectors = nil
+	}
+	if c.limits != nil {
+		key := callerKey(info.Selectors)
+		if !c.limits.acquire(key) {
+			c.logger.Warn("agent: too many Workload API connections; refusing one", "caller", key)
+			return nil, nil, fmt.Errorf("agent: too many connections from %s", key)
+		}
+		return &limitedConn{Conn: conn, release: func() { c.limits.release(key) }}, info, nil
 	}
 	return conn, info, nil
 }

@@ -46,7 +46,7 @@ const maxStreamsPerConnection = 32
 
 func (a *Agent) newGRPCServer() *grpc.Server {
 	srv := grpc.NewServer(
-		grpc.Creds(&peerCredentials{attestor: a.attestor, logger: a.cfg.Logger}),
+		grpc.Creds(&peerCredentials{attestor: a.attestor, logger: a.cfg.Logger, limits: newConnLimits(maxConnections, maxConnectionsPerCaller)}),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		// Local callers are not trusted to be frugal: a client of the
 		// Workload API needs a handful of streams.
