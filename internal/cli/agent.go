@@ -71,7 +71,11 @@ world-connectable (mode 0777), as callers are told apart by attestation.`,
 			if err != nil {
 				return err
 			}
-			return a.Run(e.ctx)
+			if err := a.Run(e.ctx); err != nil {
+				return err
+			}
+			logger.Info("postern agent stopped")
+			return nil
 		},
 	}
 	f := cmd.Flags()

@@ -197,6 +197,9 @@ func TestCAIssueAndOperatorCommands(t *testing.T) {
 	if code, _, errs := run(t, "", "server", "evict-agent", "--data-dir", data, "--spiffe-id", agentID); code != 1 || !strings.Contains(errs, "no agent "+agentID+" is registered") {
 		t.Errorf("evict-agent again: %d %s", code, errs)
 	}
+	if code, stdout, _ := run(t, "", "server", "agents", "--data-dir", data); code != 0 || stdout != "no agents are registered\n" {
+		t.Errorf("agents, none: %d %q", code, stdout)
+	}
 	if code, stdout, _ := run(t, "", "ca", "bundle", "--data-dir", data); code != 0 || !strings.Contains(stdout, "BEGIN CERTIFICATE") {
 		t.Errorf("ca bundle: %d", code)
 	}

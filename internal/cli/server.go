@@ -114,7 +114,11 @@ stays in force.`,
 			if err != nil {
 				return err
 			}
-			return srv.Run(e.ctx)
+			if err := srv.Run(e.ctx); err != nil {
+				return err
+			}
+			logger.Info("postern server stopped")
+			return nil
 		},
 	}
 	flags.register(cmd, true)
@@ -224,6 +228,10 @@ are accepted only while it is listed here.`,
 			agents, err := st.Store.Agents(e.ctx)
 			if err != nil {
 				return err
+			}
+			if len(agents) == 0 {
+				fmt.Fprintln(e.stdout, "no agents are registered")
+				return nil
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SPIFFE ID\tMETHOD\tATTESTED\tSVID EXPIRES")

@@ -433,6 +433,11 @@ type OutboundFailure struct {
 }
 
 func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, up *upstream, status int, code, reason, decision string, cause error) {
+	if decision == "" {
+		// Refused here, not by the STS: a local id, so that every refusal
+		// the application sees can be found in this sidecar's log.
+		decision = newID()
+	}
 	if o.failed != nil {
 		o.failed(r.Context(), OutboundFailure{Status: status, Code: code, Reason: reason, DecisionID: decision, Cause: cause})
 	}
@@ -445,9 +450,7 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, up *upstream, st
 	if up != nil {
 		attrs = append(attrs, slog.String("upstream", up.Name))
 	}
-	if decision != "" {
-		attrs = append(attrs, slog.String("decision_id", decision))
-	}
+	attrs = append(attrs, slog.String("decision_id", decision))
 	if cause != nil {
 		attrs = append(attrs, slog.String("cause", cause.Error()))
 	}
