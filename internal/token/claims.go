@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -77,6 +78,54 @@ type Claims struct {
 	// other than x5t#S256 (such as a DPoP "jkt"): a binding Postern cannot
 	// check, so CheckBinding refuses the token.
 	cnfOther bool
+}
+
+// clone returns a copy of c that shares no memory with it.
+func (c *Claims) clone() *Claims {
+	cp := *c
+	cp.Audience = slices.Clone(c.Audience)
+	cp.Act, cp.MayAct = c.Act.clone(), c.MayAct.clone()
+	if c.Cnf != nil {
+		cnf := *c.Cnf
+		cp.Cnf = &cnf
+	}
+	if c.Extra != nil {
+		cp.Extra = make(map[string]any, len(c.Extra))
+		for k, v := range c.Extra {
+			cp.Extra[k] = cloneJSON(v)
+		}
+	}
+	return &cp
+}
+
+// clone copies an actor chain.
+func (a *Actor) clone() *Actor {
+	if a == nil {
+		return nil
+	}
+	cp := *a
+	cp.Actor = a.Actor.clone()
+	return &cp
+}
+
+// cloneJSON copies a value decoded by encoding/json (maps and slices deep;
+// the rest are immutable).
+func cloneJSON(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, e := range v {
+			out[k] = cloneJSON(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, e := range v {
+			out[i] = cloneJSON(e)
+		}
+		return out
+	}
+	return v
 }
 
 // Scopes returns the space-separated scope claim as a slice.
@@ -253,6 +302,39 @@ func (c *Claims) UnmarshalJSON(b []byte) error {
 	return c.unmarshalGeneric(b)
 }
 
+// repeatedMember reports a member name that appears twice in the JSON
+// object b (top level only; b is known to be a valid object).
+func repeatedMember(b []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if _, err := dec.Token(); err != nil { // {
+		return "", false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		name, _ := t.(string)
+		if seen[name] {
+			return name, true
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return "", false
+		}
+	}
+	return "", false
+}
+
+func clipName(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
 // unmarshalGeneric is UnmarshalJSON for every input, through encoding/json.
 func (c *Claims) unmarshalGeneric(b []byte) error {
 	// One pass into generic values, then strict conversion of the
@@ -261,6 +343,12 @@ func (c *Claims) unmarshalGeneric(b []byte) error {
 	var raw map[string]any
 	if err := json.Unmarshal(b, &raw); err != nil || raw == nil {
 		return fmt.Errorf("claims are not a JSON object")
+	}
+	// RFC 7519 §4: claim names are unique. encoding/json keeps the last of
+	// repeated names where other parsers keep the first, so two parsers
+	// could read a different exp or aud from the same token: refused.
+	if name, dup := repeatedMember(b); dup {
+		return fmt.Errorf("claim %q appears more than once", clipName(name))
 	}
 	*c = Claims{}
 	for k, v := range raw {
@@ -429,7 +517,10 @@ func decodeClaims(payload []byte) (*Claims, error) {
 	// UnmarshalJSON directly: through json.Unmarshal the payload would be
 	// scanned once for validity and then decoded again inside it.
 	var c Claims
-	if err := c.UnmarshalJSON(bytes.TrimSpace(payload)); err != nil {
+	// Only JSON's own whitespace: bytes.TrimSpace would also take \v, \f
+	// and Unicode spaces, which make the payload something other than a
+	// JSON object.
+	if err := c.UnmarshalJSON(bytes.Trim(payload, " \t\r\n")); err != nil {
 		return nil, err
 	}
 	return &c, nil

@@ -201,10 +201,18 @@ func TestClaimsUnmarshal(t *testing.T) {
 			t.Errorf("claims %+v, %v", c, err)
 		}
 	})
-	t.Run("duplicate claim, last wins", func(t *testing.T) {
+	// RFC 7519 §4: names are unique. Parsers differ on which of two wins,
+	// so a token with a repeated claim is refused rather than read one way.
+	t.Run("duplicate claim refused", func(t *testing.T) {
+		for _, in := range []string{`{"sub":"a","sub":"b"}`, `{"exp":1,"x":{"y":1},"exp":2000000000}`, `{"custom":1,"custom":2}`} {
+			var c Claims
+			if err := json.Unmarshal([]byte(in), &c); err == nil || !strings.Contains(err.Error(), "appears more than once") {
+				t.Errorf("%s: %v", in, err)
+			}
+		}
 		var c Claims
-		if err := json.Unmarshal([]byte(`{"sub":"a","sub":"b"}`), &c); err != nil || c.Subject != "b" {
-			t.Errorf("sub %q, %v", c.Subject, err)
+		if err := json.Unmarshal([]byte(`{"act":{"sub":"a"},"x":{"sub":"b","y":{"sub":"c"}}}`), &c); err != nil {
+			t.Errorf("the same name in nested objects: %v", err)
 		}
 	})
 

@@ -255,9 +255,12 @@ func (r *RemoteKeySet) refreshLimited(ctx context.Context, limiter *time.Time) e
 	r.lastErr = err
 	if err != nil && ctx.Err() != nil {
 		// The caller gave up; that says nothing about the issuer, so it
-		// must not use up the refresh interval for every other caller.
+		// must not use up the scheduled refresh for every other caller.
+		// An unknown kid's fetch stays charged, though: a flood of made-up
+		// kids from callers that hang up must still cost one fetch per
+		// interval.
 		r.lastAttempt, r.lastErr = prevAttempt, prevErr
-		if limiter != nil {
+		if limiter != nil && limiter != &r.lastKid {
 			*limiter = prevLimit
 		}
 		return err

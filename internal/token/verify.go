@@ -246,10 +246,9 @@ func (v *Verifier) VerifyParsed(ctx context.Context, p *Parsed) (*Claims, error)
 	if err := v.checkClaims(p.claims); err != nil {
 		return nil, err
 	}
-	// Hand out a copy so a caller cannot alter what another Verify of the
-	// same Parsed returns.
-	c := *p.claims
-	return &c, nil
+	// Hand out a deep copy so a caller cannot alter what another Verify of
+	// the same Parsed checks and returns.
+	return p.claims.clone(), nil
 }
 
 func (v *Verifier) checkClaims(c *Claims) error {
