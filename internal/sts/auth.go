@@ -187,14 +187,21 @@ func (s *Service) authBasic(user, pass string, st *state) (*caller, *Error) {
 		return nil, oauthErr(codeInvalidClient, "client authentication failed")
 	}
 	got := HashSecret(s.cfg.ClientSecretKey, secret)
-	want, ok := s.secrets.lookup(id)
+	unavailable := oauthErr(codeServerError, "client secrets cannot be checked now; retry later").withStatus(http.StatusServiceUnavailable)
+	want, ok, err := s.secrets.lookup(id)
+	if err != nil {
+		return nil, unavailable.withCause(err)
+	}
 	if !ok || subtle.ConstantTimeCompare(want, got) != 1 {
 		// The secret may have been replaced since it was loaded: reload
 		// (at most once per refresh interval) and compare again.
 		if !s.secrets.reload() {
 			return nil, oauthErr(codeInvalidClient, "client authentication failed")
 		}
-		want, ok = s.secrets.lookup(id)
+		want, ok, err = s.secrets.lookup(id)
+		if err != nil {
+			return nil, unavailable.withCause(err)
+		}
 		if !ok || subtle.ConstantTimeCompare(want, got) != 1 {
 			return nil, oauthErr(codeInvalidClient, "client authentication failed")
 		}
@@ -306,20 +313,28 @@ func newSecretCache(st Store, now func() time.Time) *secretCache {
 // every 10 seconds).
 const secretMaxAge = 30 * time.Second
 
-func (c *secretCache) lookup(id string) ([]byte, bool) {
-	if m := c.m.Load(); m != nil && c.now().Sub(time.Unix(0, c.loaded.Load())) <= secretMaxAge {
-		if s, ok := (*m)[id]; ok && (s.ExpiresAt.IsZero() || c.now().Before(s.ExpiresAt)) {
-			return s.Hash, true
-		}
-		return nil, false
+// secretStaleLimit is how long the secrets last loaded keep serving while
+// the store cannot be read: the last good state, for a while. Past it a
+// secret removed meanwhile could be working indefinitely, so client
+// secret authentication stops (503) until the store answers.
+const secretStaleLimit = 10 * time.Minute
+
+// errSecretsUnavailable is lookup's answer past secretStaleLimit.
+var errSecretsUnavailable = errors.New("client secrets could not be loaded from the store")
+
+func (c *secretCache) lookup(id string) ([]byte, bool, error) {
+	age := func() time.Duration { return c.now().Sub(time.Unix(0, c.loaded.Load())) }
+	if m := c.m.Load(); m == nil || age() > secretMaxAge {
+		c.reload()
 	}
-	c.reload()
-	if m := c.m.Load(); m != nil {
-		if s, ok := (*m)[id]; ok && (s.ExpiresAt.IsZero() || c.now().Before(s.ExpiresAt)) {
-			return s.Hash, true
-		}
+	m := c.m.Load()
+	if m == nil || age() > secretStaleLimit {
+		return nil, false, errSecretsUnavailable
 	}
-	return nil, false
+	if s, ok := (*m)[id]; ok && (s.ExpiresAt.IsZero() || c.now().Before(s.ExpiresAt)) {
+		return s.Hash, true, nil
+	}
+	return nil, false, nil
 }
 
 // reload re-reads every secret hash from the store unless that was done

@@ -192,6 +192,9 @@ func (s *Service) verifySubject(ctx context.Context, raw string, c *caller, st *
 	if err := claims.CheckBinding(c.cert); err != nil {
 		return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s is sender-constrained to a key or certificate this client did not present: %v", what, err))
 	}
+	if claims.Act != nil {
+		return nil, externalActErr(what, iss)
+	}
 	if claims.Subject == "" {
 		return nil, oauthErr(codeInvalidGrant, what+" has no sub")
 	}
@@ -222,6 +225,9 @@ func (s *Service) verifyOpaque(ctx context.Context, raw string, c *caller, st *s
 		if err := claims.CheckBinding(c.cert); err != nil {
 			return nil, oauthErr(codeInvalidGrant, fmt.Sprintf("%s is sender-constrained to a key or certificate this client did not present: %v", what, err))
 		}
+		if claims.Act != nil {
+			return nil, externalActErr(what, ei.res.Issuer)
+		}
 		return &subject{claims: claims, ext: ei}, nil
 	}
 	if unavailable != nil {
@@ -242,6 +248,14 @@ func (ei *externalIssuer) checkAudience(what string, auds []string) *Error {
 	}
 	return oauthErr(codeInvalidGrant, fmt.Sprintf("%s audience %s is not accepted for issuer %q (accepted: %s)",
 		what, quoteList(auds, 4), ei.res.Issuer, quoteList(slices.Sorted(maps.Keys(ei.aud)), 8)))
+}
+
+// externalActErr refuses an external token that names actors: a
+// TrustedIssuer is trusted to name users, not to say which workloads of
+// this trust domain acted. Carried over, its act would enter the chain (and
+// the policy's actors) as if this STS had verified it.
+func externalActErr(what, iss string) *Error {
+	return oauthErr(codeInvalidGrant, fmt.Sprintf("%s from issuer %q carries an act claim; only this token service's delegation chains are accepted", what, iss))
 }
 
 // quoteList renders at most n values, each quoted and cut to 100 bytes, for

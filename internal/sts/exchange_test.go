@@ -1,8 +1,13 @@
 package sts
 
 import (
+	"errors"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"postern.dev/postern/internal/token"
 )
 
 func TestQuoteList(t *testing.T) {
@@ -20,5 +25,45 @@ func TestQuoteList(t *testing.T) {
 		if got := quoteList(tc.in, tc.n); got != tc.want {
 			t.Errorf("quoteList(%q, %d) = %s, want %s", tc.in, tc.n, got, tc.want)
 		}
+	}
+}
+
+// A TrustedIssuer names users, not the workloads that acted: an external
+// token's act would enter the chain (and the policy's actors) as if this
+// STS had verified it, so such a token is refused.
+func TestExternalActRefused(t *testing.T) {
+	h := newHarness(t)
+	user := h.userToken("alice", "orders:read", func(c *token.Claims) {
+		c.Act = &token.Actor{Subject: financeID}
+	})
+	r := h.post(PathToken, exchangeForm(user, TokenTypeJWT, ordersID, ""), h.asPeer(gatewayID))
+	if r.status != 400 || r.str("error") != "invalid_grant" || !strings.Contains(r.str("error_description"), "carries an act claim") {
+		t.Errorf("external token with act: %d %s", r.status, r.raw)
+	}
+}
+
+// The secrets last loaded stand in for a failing store for a while, not
+// for ever: past secretStaleLimit a removed secret must not keep working.
+func TestClientSecretsStaleWhileStoreFails(t *testing.T) {
+	h := newHarness(t)
+	h.store.secrets = []storeSecret{secretFor(h, batchID, "old")}
+	f := url.Values{"grant_type": {GrantClientCredentials}, "audience": {"inventory-api"}, "scope": {"stock:read"}}
+	if r := h.post(PathToken, f, basic(batchID, "old")); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.raw)
+	}
+	h.store.secrets = nil // removed
+	h.store.fail = errors.New("db down")
+	h.now = h.now.Add(secretStaleLimit - time.Minute)
+	if r := h.post(PathToken, f, basic(batchID, "old")); r.status != 200 {
+		t.Errorf("within the limit, the last good secrets: %d %s", r.status, r.raw)
+	}
+	h.now = h.now.Add(2 * time.Minute)
+	if r := h.post(PathToken, f, basic(batchID, "old")); r.status != 503 || r.str("error") != "server_error" {
+		t.Errorf("past the limit with the store failing: %d %s", r.status, r.raw)
+	}
+	h.store.fail = nil
+	h.now = h.now.Add(10 * time.Second)
+	if r := h.post(PathToken, f, basic(batchID, "old")); r.status != 401 {
+		t.Errorf("the store back, the removed secret: %d %s", r.status, r.raw)
 	}
 }
