@@ -486,7 +486,9 @@ func (o *coperation) match(req *Request, why *string) bool {
 		return false
 	}
 	if len(o.hosts)+len(o.notHosts) > 0 {
-		host := stripPort(req.Host)
+		// One trailing dot names the same host (a fully qualified name):
+		// "admin.internal." must meet the rules for "admin.internal".
+		host := strings.TrimSuffix(stripPort(req.Host), ".")
 		if len(o.hosts) > 0 && !matchAny(o.hosts, host) {
 			if why != nil {
 				*why = fmt.Sprintf("host %q matches none of hosts %s", host, patterns(o.hosts))

@@ -361,6 +361,25 @@ spec:
 			policy: "tmpl",
 		},
 		{
+			// "admin.shop.local." is the same host: it must not slip past
+			// a DENY on "admin.shop.local".
+			name: "a trailing dot on the host meets the host rules",
+			policies: `
+kind: AuthorizationPolicy
+metadata: {name: allow-all}
+spec:
+  rules: [{}]
+---
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {hosts: ["admin.shop.local"]}}]}]`,
+			req:    req(httpbin, sleep, "GET", "/", tok(user), func(r *Request) { r.Host = "admin.shop.local.:8080" }),
+			allow:  false,
+			policy: "no-admin",
+		},
+		{
 			name: "path template does not match an empty segment",
 			policies: `
 kind: AuthorizationPolicy

@@ -50,6 +50,10 @@ type InboundConfig struct {
 	// ForwardToken forwards the verified bearer token to the application
 	// in Authorization; by default it is removed.
 	ForwardToken bool
+	// RevocationsLoaded, when set, reports whether the revocation list has
+	// been fetched once; until then a request with a token is answered 503
+	// (a revoked token must not pass in the seconds after a start).
+	RevocationsLoaded func() bool
 	// Revoked, when set, refuses tokens the token service has revoked
 	// (a RevocationList), checked on every request.
 	Revoked func(*token.Claims) bool
@@ -277,6 +281,10 @@ func (h *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.tokenFault(w, r, start, "invalid_token", err.Error(), peer)
 			return
 		}
+		if h.cfg.RevocationsLoaded != nil && !h.cfg.RevocationsLoaded() {
+			h.deny(w, r, start, http.StatusServiceUnavailable, "temporarily_unavailable", "the revocation list is not loaded yet", newID(), peer, "", decisionError)
+			return
+		}
 		if h.cfg.Revoked != nil && h.cfg.Revoked(v.Claims) {
 			h.tokenFault(w, r, start, "invalid_token", "the token has been revoked", peer)
 			return
@@ -307,7 +315,7 @@ func (h *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.claims = v.Header
 		sub = v.Claims.Subject
 		if h.cfg.Contexts != nil {
-			f.context = v.contextID(h.cfg.Contexts, raw)
+			f.context = v.contextID(h.cfg.Contexts, raw, h.cfg.Verdicts.Leeway())
 		}
 		if h.cfg.ForwardToken {
 			f.token = raw
@@ -350,14 +358,17 @@ func grpcTrailersOnly(resp *http.Response) {
 }
 
 // contextID returns the X-Postern-Context id of this token, putting it in
-// store the first time and again after the store evicted it.
-func (v *Verified) contextID(store *ContextStore, raw string) string {
+// store the first time and again after the store evicted it. The id lives
+// as long as the token is accepted: its exp plus the verdict cache's
+// leeway (a token accepted within the skew allowance must not come with an
+// id that is already dead).
+func (v *Verified) contextID(store *ContextStore, raw string, leeway time.Duration) string {
 	if p := v.ctxID.Load(); p != nil {
 		if _, ok := store.Get(*p); ok {
 			return *p
 		}
 	}
-	id := store.Put(raw, v.Claims.Expiry)
+	id := store.Put(raw, v.Claims.Expiry.Add(leeway))
 	v.ctxID.Store(&id)
 	return id
 }
@@ -622,6 +633,16 @@ func CleanPath(r *http.Request) (string, bool) {
 	}
 	if strings.Contains(p, "\\") {
 		return "", false
+	}
+	// A dot segment with path parameters ("..;x", ".;"): servers that drop
+	// ";params" (Tomcat, Spring) then resolve it as a dot segment, which
+	// path.Clean does not; policy and application would see different paths.
+	if strings.Contains(p, ";") {
+		for seg := range strings.SplitSeq(p, "/") {
+			if s, _, ok := strings.Cut(seg, ";"); ok && (s == "." || s == "..") {
+				return "", false
+			}
+		}
 	}
 	if !strings.Contains(p, "//") && !strings.Contains(p, "/.") {
 		return p, true

@@ -281,6 +281,13 @@ func TestCleanPath(t *testing.T) {
 		{"/a%2Fb", "", false},
 		{"/a%5cb", "", false},
 		{"/a%20b", "/a b", true},
+		// Tomcat and Spring drop ";params" and then resolve the dot
+		// segment: "/orders/x/..;/admin" is "/orders/admin" to them.
+		{"/orders/x/..;/admin/x", "", false},
+		{"/orders/x/%2e%2e;v=1/admin", "", false},
+		{"/a/.;x/b", "", false},
+		{"/a;v=1/b", "/a;v=1/b", true},
+		{"/a/b..;/c", "/a/b..;/c", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.target, func(t *testing.T) {
@@ -293,5 +300,43 @@ func TestCleanPath(t *testing.T) {
 				t.Errorf("CleanPath = %q %v, want %q %v", got, ok, tc.want, tc.ok)
 			}
 		})
+	}
+}
+
+// A token accepted within the clock-skew allowance comes with a context id
+// the application can use, not one already expired.
+func TestContextIDLivesAsLongAsTheToken(t *testing.T) {
+	h := newHarness(t, nil)
+	caller := h.ca.SVID(t, testCaller)
+	tok := h.token(t, testSelf, caller.Cert, func(c *token.Claims) { c.Expiry = h.clock.Now().Add(-2 * time.Second) })
+	r := h.request("GET", "/orders/1", caller.Cert)
+	r.Header.Set("Authorization", "Bearer "+tok)
+	if w := h.serve(r); w.Code != 200 {
+		t.Fatalf("a token within the leeway: %d", w.Code)
+	}
+	id := h.lastSeen().Header.Get(HeaderContext)
+	if _, ok := h.contexts.Get(id); !ok {
+		t.Errorf("context id %q of an accepted token is not usable", id)
+	}
+}
+
+// Until the revocation list has been fetched once, a request with a token
+// is answered 503: a revoked token must not pass in the first seconds after
+// a start.
+func TestInboundWaitsForTheRevocationList(t *testing.T) {
+	loaded := false
+	h := newHarness(t, func(c *InboundConfig) { c.RevocationsLoaded = func() bool { return loaded } })
+	caller := h.ca.SVID(t, testCaller)
+	tok := h.token(t, testSelf, caller.Cert, nil)
+	r := h.request("GET", "/orders/1", caller.Cert)
+	r.Header.Set("Authorization", "Bearer "+tok)
+	if w := h.serve(r); w.Code != 503 || !strings.Contains(w.Body.String(), "revocation list is not loaded") {
+		t.Errorf("before the first fetch: %d %s", w.Code, w.Body)
+	}
+	loaded = true
+	r = h.request("GET", "/orders/1", caller.Cert)
+	r.Header.Set("Authorization", "Bearer "+tok)
+	if w := h.serve(r); w.Code != 200 {
+		t.Errorf("after it: %d %s", w.Code, w.Body)
 	}
 }

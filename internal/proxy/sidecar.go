@@ -225,16 +225,17 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 		return nil, err
 	}
 	s.inbound, err = NewInbound(InboundConfig{
-		Workload:     svid.ID.String(),
-		Verdicts:     s.verdicts,
-		Policy:       s.watcher.Engine,
-		App:          cfg.Inbound.App,
-		ForwardToken: cfg.Inbound.ForwardToken,
-		Revoked:      s.revoked.Revoked,
-		Contexts:     s.contexts,
-		Metrics:      metrics,
-		Logger:       opts.Audit,
-		Now:          opts.Now,
+		Workload:          svid.ID.String(),
+		Verdicts:          s.verdicts,
+		Policy:            s.watcher.Engine,
+		App:               cfg.Inbound.App,
+		ForwardToken:      cfg.Inbound.ForwardToken,
+		Revoked:           s.revoked.Revoked,
+		RevocationsLoaded: func() bool { return s.revoked.Age() >= 0 },
+		Contexts:          s.contexts,
+		Metrics:           metrics,
+		Logger:            opts.Audit,
+		Now:               opts.Now,
 	})
 	if err != nil {
 		return nil, err

@@ -104,6 +104,9 @@ func NewVerdictCache(cfg VerdictCacheConfig) (*VerdictCache, error) {
 }
 
 // Len returns the number of verified tokens held.
+// Leeway is the clock skew tolerated on exp and nbf.
+func (c *VerdictCache) Leeway() time.Duration { return c.cfg.Leeway }
+
 func (c *VerdictCache) Len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -168,7 +171,7 @@ func newVerified(claims *token.Claims) (*Verified, error) {
 
 // window checks exp and nbf of a cached verdict, as the verifier did.
 func (c *VerdictCache) window(cl *token.Claims, now time.Time) error {
-	if !now.Before(cl.Expiry.Add(c.cfg.Leeway)) {
+	if !now.Before(cl.Expiry.Add(c.Leeway())) {
 		return fmt.Errorf("%w at %s", token.ErrExpired, cl.Expiry.UTC().Format(time.RFC3339))
 	}
 	if !cl.NotBefore.IsZero() && now.Add(c.cfg.Leeway).Before(cl.NotBefore) {

@@ -64,7 +64,7 @@ func parseForm(body []byte) (form, error) {
 	// As url.ParseQuery does (its default limit), before anything else:
 	// empty fields count too.
 	if strings.Count(s, "&") >= maxFormFields {
-		return nil, fmt.Errorf("too many parameters (the limit is %d)", maxParams)
+		return nil, fmt.Errorf("too many fields (the limit is %d parameters)", maxParams)
 	}
 	f := make(form, 8)
 	var empty []string // parameters sent with an empty value, which count as absent
