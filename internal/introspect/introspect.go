@@ -235,6 +235,11 @@ func (c *Client) parse(body []byte) (*token.Claims, error) {
 	if claims.Issuer != c.cfg.Issuer {
 		return nil, fmt.Errorf("%w: result names issuer %q", ErrInactive, claims.Issuer)
 	}
+	// A token the issuer says becomes valid later is not valid now (30s of
+	// clock skew allowed, as the verifiers allow).
+	if !claims.NotBefore.IsZero() && c.cfg.Now().Add(30*time.Second).Before(claims.NotBefore) {
+		return nil, fmt.Errorf("%w: result has an nbf in the future", ErrInactive)
+	}
 	if claims.Expiry.IsZero() || !c.cfg.Now().Before(claims.Expiry) {
 		return nil, fmt.Errorf("%w: result has no exp in the future", ErrInactive)
 	}

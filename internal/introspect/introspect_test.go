@@ -31,6 +31,7 @@ func newIdP(t *testing.T, now time.Time) *fakeIdP {
 	f.answers["other-iss"] = fmt.Sprintf(`{"active":true,"iss":"https://evil.test","sub":"alice","exp":%d}`, exp)
 	f.answers["no-exp"] = `{"active":true,"sub":"alice"}`
 	f.answers["no-sub"] = fmt.Sprintf(`{"active":true,"exp":%d}`, exp)
+	f.answers["not-yet"] = fmt.Sprintf(`{"active":true,"sub":"alice","exp":%d,"nbf":%d}`, exp, now.Add(10*time.Minute).Unix())
 	f.answers["active-string"] = fmt.Sprintf(`{"active":"true","sub":"alice","exp":%d}`, exp)
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.hits.Add(1)
@@ -83,7 +84,7 @@ func TestIntrospect(t *testing.T) {
 		t.Errorf("after MaxTTL: %v, %d hits", err, f.hits.Load())
 	}
 
-	for _, tok := range []string{"inactive", "other-iss", "no-exp", "no-sub", "active-string", "unknown"} {
+	for _, tok := range []string{"inactive", "other-iss", "no-exp", "no-sub", "active-string", "not-yet", "unknown"} {
 		t.Run(tok, func(t *testing.T) {
 			if _, err := c.Introspect(ctx, tok); !errors.Is(err, ErrInactive) {
 				t.Fatalf("err = %v, want ErrInactive", err)

@@ -581,7 +581,9 @@ func (c *ccond) eval(req *Request, why *string) tri {
 		}
 		out := false
 		if len(c.notValues) > 0 {
-			out, _ = claimMatches(v, c.split, c.notValues)
+			if out, ok = claimMatches(v, c.split, c.notValues); !ok {
+				return unknown("claim is not a string, number, bool or list of them")
+			}
 		}
 		res = (len(c.values) == 0 || in) && !out
 		if why != nil {
@@ -642,16 +644,18 @@ func claimMatches(v any, split bool, ms []matcher) (matched, ok bool) {
 		}
 		return false, true
 	case []any:
+		// Every element is looked at, whatever matched before it: a list
+		// holding anything but scalars cannot be judged (and where it sits
+		// in the list must not decide whether notValues are checked).
+		found := false
 		for _, el := range x {
 			m, ok := claimMatches(el, false, ms)
 			if !ok {
 				return false, false
 			}
-			if m {
-				return true, true
-			}
+			found = found || m
 		}
-		return false, true
+		return found, true
 	case bool:
 		return matchAny(ms, strconv.FormatBool(x)), true
 	case float64:

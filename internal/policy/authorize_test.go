@@ -567,3 +567,34 @@ func TestAuthorizeConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A list claim holding a null, object or list cannot be judged: whatever
+// its order, notValues must not be skipped (the rule does not match in an
+// ALLOW policy, and matches in a DENY policy).
+func TestListClaimWithNonScalars(t *testing.T) {
+	e := mustEngine(t, workloads+`
+---
+apiVersion: postern.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: eng-not-banned}
+spec:
+  rules: [{when: [{key: "request.auth.claims[groups]", values: ["eng"], notValues: ["banned"]}]}]`)
+	with := func(groups []any) *Request {
+		return &Request{Workload: httpbin, Peer: sleep, Method: "GET", Path: "/", HasToken: true,
+			Issuer: idp, Subject: "alice", Claims: map[string]any{"iss": idp, "sub": "alice", "groups": groups}}
+	}
+	for _, groups := range [][]any{
+		{"eng", "banned"},
+		{"eng", nil, "banned"},
+		{"eng", map[string]any{}, "banned"},
+		{"eng", []any{"banned"}},
+		{nil, "eng"},
+	} {
+		if d := e.Authorize(with(groups)); d.Allow {
+			t.Errorf("groups %v allowed: %s", groups, d.Reason)
+		}
+	}
+	if d := e.Authorize(with([]any{"ops", "eng"})); !d.Allow {
+		t.Errorf("groups [ops eng] refused: %s", d.Reason)
+	}
+}

@@ -187,8 +187,9 @@ func (l *RevocationList) Refresh(ctx context.Context) error {
 
 // parseRevocationList decodes a list, dropping entries expired for more
 // than leeway (and keeping the others until their until plus leeway). Members it
-// does not know are ignored (the list may grow); entries of unknown kinds
-// too. Anything malformed fails the whole list.
+// does not know are ignored (the list may grow), but an entry of a kind it
+// cannot apply fails the whole list, as anything malformed does: the last
+// good list then stays in force.
 func parseRevocationList(r io.Reader, now time.Time, leeway time.Duration) (*revokedSet, error) {
 	body, err := io.ReadAll(r)
 	if err != nil {
@@ -215,16 +216,28 @@ func parseRevocationList(r io.Reader, now time.Time, leeway time.Duration) (*rev
 		if e.ID == "" || len(e.ID) > maxRevokedIDBytes || e.Until == nil {
 			return nil, fmt.Errorf("revocation list: entry %d has no id, an id over %d bytes, or no until", i, maxRevokedIDBytes)
 		}
+		if e.Kind != "jti" && e.Kind != "sid" {
+			// A kind this sidecar cannot apply: taking the rest of the list
+			// would let the tokens it names pass, so the whole list is
+			// refused and the last good one stays.
+			return nil, fmt.Errorf("revocation list: entry %d has kind %q, neither jti nor sid", i, clipKind(e.Kind))
+		}
 		until := time.Unix(*e.Until, 0).Add(leeway)
 		if !now.Before(until) {
 			continue
 		}
-		switch e.Kind {
-		case "jti":
+		if e.Kind == "jti" {
 			set.jtis[e.ID] = until
-		case "sid":
+		} else {
 			set.sids[e.ID] = until
 		}
 	}
 	return set, nil
+}
+
+func clipKind(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "..."
+	}
+	return s
 }

@@ -29,10 +29,14 @@ func TestParseRevocationList(t *testing.T) {
 		wantErr    string
 	}{
 		{name: "empty", body: `{"revoked":[]}`},
-		{name: "both kinds, expired dropped, unknown kind and member ignored",
+		{name: "both kinds, expired dropped, unknown member ignored",
 			body: `{"revoked":[{"kind":"jti","id":"a","until":` + itoa(future) + `},{"kind":"sid","id":"s","until":` + itoa(future) +
-				`},{"kind":"jti","id":"old","until":` + itoa(past) + `},{"kind":"x","id":"y","until":` + itoa(future) + `}],"next":1}`,
+				`},{"kind":"jti","id":"old","until":` + itoa(past) + `}],"next":1}`,
 			jtis: 1, sids: 1},
+		// A kind this sidecar cannot apply fails the whole list (the last
+		// good one stays): taking the rest would let those tokens pass.
+		{name: "unknown kind", body: `{"revoked":[{"kind":"jti","id":"a","until":` + itoa(future) + `},{"kind":"sub","id":"alice","until":` + itoa(future) + `}]}`,
+			wantErr: `entry 1 has kind "sub"`},
 		{name: "no revoked member", body: `{}`, wantErr: `no "revoked" member`},
 		{name: "null", body: `null`, wantErr: `no "revoked" member`},
 		{name: "not JSON", body: `<html>`, wantErr: "revocation list:"},

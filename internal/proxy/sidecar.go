@@ -180,7 +180,7 @@ func NewSidecar(ctx context.Context, cfg *Config, opts SidecarOptions) (_ *Sidec
 	if err != nil {
 		return nil, err
 	}
-	if s.verdicts, err = NewVerdictCache(VerdictCacheConfig{Verifier: verifier, Leeway: skew, Now: opts.Now}); err != nil {
+	if s.verdicts, err = NewVerdictCache(VerdictCacheConfig{Verifier: verifier, Leeway: skew, Now: opts.Now, KeyHeld: s.keys.Holds}); err != nil {
 		return nil, err
 	}
 	s.watcher, err = policy.NewWatcher(policy.WatcherConfig{

@@ -42,6 +42,10 @@ type VerdictCacheConfig struct {
 	// Leeway is the clock skew tolerated on exp and nbf when a cached
 	// verdict is reused; it should equal the verifier's; default 30s.
 	Leeway time.Duration
+	// KeyHeld, when set, reports whether the signing key with the given
+	// kid is still in the issuer's key set; a cached verdict whose key was
+	// removed (revoked) is dropped and the token verified again.
+	KeyHeld func(kid string) bool
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 }
@@ -59,6 +63,7 @@ type Verified struct {
 	// Header is the X-Postern-Claims value: base64url of the claims JSON.
 	Header string
 
+	kid   string                 // the key id the token was verified with
 	ctxID atomic.Pointer[string] // X-Postern-Context id, see contextID
 }
 
@@ -103,10 +108,10 @@ func NewVerdictCache(cfg VerdictCacheConfig) (*VerdictCache, error) {
 	return &VerdictCache{cfg: cfg, ok: map[[32]byte]*Verified{}, bad: map[[32]byte]negative{}}, nil
 }
 
-// Len returns the number of verified tokens held.
 // Leeway is the clock skew tolerated on exp and nbf.
 func (c *VerdictCache) Leeway() time.Duration { return c.cfg.Leeway }
 
+// Len returns the number of verified tokens held.
 func (c *VerdictCache) Len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -125,6 +130,14 @@ func (c *VerdictCache) Verify(ctx context.Context, raw string, cert *x509.Certif
 	c.mu.RUnlock()
 	if bad && now.Before(neg.until) {
 		return nil, neg.err
+	}
+	if hit && c.cfg.KeyHeld != nil && !c.cfg.KeyHeld(v.kid) {
+		// Its signing key is no longer published: verify afresh (which
+		// refuses the token unless the key comes back).
+		c.mu.Lock()
+		delete(c.ok, key)
+		c.mu.Unlock()
+		hit = false
 	}
 	if hit {
 		if err := c.window(v.Claims, now); err != nil {
@@ -148,6 +161,9 @@ func (c *VerdictCache) Verify(ctx context.Context, raw string, cert *x509.Certif
 	v, err = newVerified(claims)
 	if err != nil {
 		return nil, err
+	}
+	if h, _, err := token.ParseUnverified(raw); err == nil {
+		v.kid = h.KeyID
 	}
 	c.store(key, v, now)
 	if err := claims.CheckBinding(cert); err != nil {

@@ -74,3 +74,33 @@ func (k keysDown) Verify(context.Context, string) (*token.Claims, error) {
 	k.c.m.Unlock()
 	return nil, token.ErrKeysUnavailable
 }
+
+// A cached verdict whose signing key has left the issuer's key set (an
+// emergency rotation with --revoke-old) is dropped: the token is verified
+// afresh instead of passing until it expires.
+func TestVerdictCacheDropsVerdictsOfRemovedKeys(t *testing.T) {
+	h := newHarness(t, nil)
+	caller := h.ca.SVID(t, testCaller)
+	held := true
+	var asked []string
+	vc, err := NewVerdictCache(VerdictCacheConfig{Verifier: h.verifier, Now: h.clock.Now,
+		KeyHeld: func(kid string) bool { asked = append(asked, kid); return held }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tok := h.token(t, testSelf, caller.Cert, nil)
+	for range 2 {
+		if _, err := vc.Verify(ctx, tok, caller.Cert); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := h.verifier.count(); n != 1 || len(asked) != 1 || asked[0] == "" {
+		t.Fatalf("%d verifications, key ids asked %q; want 1 and the token's kid", n, asked)
+	}
+	held = false
+	_, _ = vc.Verify(ctx, tok, caller.Cert)
+	if n := h.verifier.count(); n != 2 {
+		t.Errorf("%d verifications after the key left the set, want 2 (verified again)", n)
+	}
+}

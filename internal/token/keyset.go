@@ -198,6 +198,19 @@ func NewRemoteKeySet(cfg RemoteConfig) (*RemoteKeySet, error) {
 // Ready reports whether keys have been loaded.
 func (r *RemoteKeySet) Ready() bool { return r.state.Load() != nil }
 
+// Holds reports whether the keys loaded now include the one a token with
+// kid was verified with, without fetching: a cache of verdicts asks it on
+// every hit, so that a key removed from the set (revoked) stops the tokens
+// it signed at once.
+func (r *RemoteKeySet) Holds(kid string) bool {
+	st := r.state.Load()
+	if st == nil {
+		return false
+	}
+	_, err := lookup(st.keys, kid)
+	return err == nil
+}
+
 // Key returns the key with kid, refreshing (rate-limited) when it is not
 // known.
 func (r *RemoteKeySet) Key(ctx context.Context, kid string) (jose.JSONWebKey, error) {

@@ -97,3 +97,26 @@ func TestRemoteKeySetUnknownKidsFromCallersThatHangUp(t *testing.T) {
 		t.Errorf("%d fetches for 20 made-up kids within the interval, want 2 (the first load and one refresh)", n)
 	}
 }
+
+func TestRemoteKeySetHolds(t *testing.T) {
+	k := newTestKey(t, jose.ES256, "k1")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := k.public().MarshalJSON()
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"keys":[` + string(b) + `]}`))
+	}))
+	defer srv.Close()
+	rk, err := NewRemoteKeySet(RemoteConfig{JWKSURI: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.Holds("k1") {
+		t.Error("holds a key before loading any")
+	}
+	if _, err := rk.Key(context.Background(), "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if !rk.Holds("k1") || !rk.Holds("") || rk.Holds("k2") {
+		t.Errorf("Holds: k1 %v, no kid %v, k2 %v; want true, true (one key), false", rk.Holds("k1"), rk.Holds(""), rk.Holds("k2"))
+	}
+}
