@@ -34,9 +34,10 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("exchange: token service refused (%d): %s: %s", e.Status, e.Code, e.Description)
 }
 
-// Unwrap makes an answer with a 5xx or 429 status match ErrUnavailable.
+// Unwrap makes an answer with a 5xx or 429 status, or a redirect (never
+// followed), match ErrUnavailable.
 func (e *Error) Unwrap() error {
-	if e.Status >= 500 || e.Status == http.StatusTooManyRequests {
+	if e.Status >= 500 || e.Status == http.StatusTooManyRequests || (e.Status >= 300 && e.Status < 400) {
 		return ErrUnavailable
 	}
 	return nil
@@ -59,6 +60,7 @@ func (c *Client) call(ctx context.Context, req request) (*Token, error) {
 		form.Set("grant_type", grantTokenExchange)
 		form.Set("subject_token", req.subject)
 		form.Set("subject_token_type", tokenTypeAccessToken)
+		form.Set("requested_token_type", tokenTypeAccessToken)
 	}
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -80,7 +82,7 @@ func (c *Client) call(ctx context.Context, req request) (*Token, error) {
 	if len(body) > maxResponseBytes {
 		return nil, fmt.Errorf("%w: response exceeds %d bytes", ErrUnavailable, maxResponseBytes)
 	}
-	tok, err := parseResponse(resp.StatusCode, resp.Header.Get("X-Decision-Id"), body, now)
+	tok, err := parseResponse(resp.StatusCode, resp.Header.Get("X-Decision-Id"), body, now, req.subject != "")
 	if err != nil {
 		return nil, err
 	}
@@ -89,8 +91,9 @@ func (c *Client) call(ctx context.Context, req request) (*Token, error) {
 }
 
 // parseResponse turns an STS answer into a token or an error. body is
-// untrusted and bounded by the caller.
-func parseResponse(status int, decisionID string, body []byte, now time.Time) (*Token, error) {
+// untrusted and bounded by the caller; exchange says whether it answers a
+// token exchange, whose issued_token_type must be an access token.
+func parseResponse(status int, decisionID string, body []byte, now time.Time, exchange bool) (*Token, error) {
 	if len(decisionID) > maxFieldBytes {
 		decisionID = ""
 	}
@@ -105,7 +108,9 @@ func parseResponse(status int, decisionID string, body []byte, now time.Time) (*
 			if printable(oe.Description) && len(oe.Description) <= maxFieldBytes {
 				e.Description = oe.Description
 			}
-		} else if status >= 500 || status == http.StatusTooManyRequests {
+		} else if status >= 500 || status == http.StatusTooManyRequests || (status >= 300 && status < 400) {
+			// A redirect is not followed (the form holds the subject
+			// token) and is no answer of the token service's.
 			e.Code = "server_error"
 		} else {
 			e.Code = "invalid_response"
@@ -114,10 +119,11 @@ func parseResponse(status int, decisionID string, body []byte, now time.Time) (*
 		return nil, e
 	}
 	var ok struct {
-		AccessToken string  `json:"access_token"`
-		TokenType   string  `json:"token_type"`
-		ExpiresIn   float64 `json:"expires_in"`
-		Scope       string  `json:"scope"`
+		AccessToken     string  `json:"access_token"`
+		TokenType       string  `json:"token_type"`
+		IssuedTokenType string  `json:"issued_token_type"`
+		ExpiresIn       float64 `json:"expires_in"`
+		Scope           string  `json:"scope"`
 	}
 	if err := json.Unmarshal(body, &ok); err != nil {
 		return nil, fmt.Errorf("%w: malformed token response: %w", ErrUnavailable, err)
@@ -125,8 +131,11 @@ func parseResponse(status int, decisionID string, body []byte, now time.Time) (*
 	switch {
 	case ok.AccessToken == "" || len(ok.AccessToken) > maxTokenBytes || !tokenChars(ok.AccessToken):
 		return nil, fmt.Errorf("%w: token response holds no usable access_token", ErrUnavailable)
-	case !strings.EqualFold(ok.TokenType, "Bearer") && ok.TokenType != "N_A":
-		return nil, fmt.Errorf("%w: token response has token_type %q", ErrUnavailable, truncate(ok.TokenType))
+	case !strings.EqualFold(ok.TokenType, "Bearer"):
+		return nil, fmt.Errorf("%w: token response has token_type %q, not Bearer", ErrUnavailable, truncate(ok.TokenType))
+	case exchange && ok.IssuedTokenType != tokenTypeAccessToken,
+		!exchange && ok.IssuedTokenType != "" && ok.IssuedTokenType != tokenTypeAccessToken:
+		return nil, fmt.Errorf("%w: token response has issued_token_type %q, not an access token", ErrUnavailable, truncate(ok.IssuedTokenType))
 	case !(ok.ExpiresIn >= 1) || ok.ExpiresIn > maxLifetime.Seconds():
 		return nil, fmt.Errorf("%w: token response has no usable expires_in", ErrUnavailable)
 	case len(ok.Scope) > maxFieldBytes || !printable(ok.Scope):

@@ -376,7 +376,10 @@ func (c *Client) httpClient(req request) *http.Client {
 	if p := c.cur.Load(); p != nil && p.thumbprint == req.thumbprint {
 		return p.client
 	}
-	p := &pinned{thumbprint: req.thumbprint, client: &http.Client{Transport: c.transport(req.svid), Timeout: c.cfg.Timeout}}
+	p := &pinned{thumbprint: req.thumbprint, client: &http.Client{Transport: c.transport(req.svid), Timeout: c.cfg.Timeout,
+		// Never follow a redirect: the form carries the subject token, and
+		// a redirect could send it elsewhere, even in plain HTTP.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	if old := c.cur.Swap(p); old != nil {
 		old.client.CloseIdleConnections()
 	}

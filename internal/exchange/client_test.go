@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +35,7 @@ func TestCachePerKey(t *testing.T) {
 	for k, want := range map[string]string{
 		"grant_type": grantTokenExchange, "subject_token": "subject-a",
 		"subject_token_type": tokenTypeAccessToken, "audience": invAud,
+		"requested_token_type": tokenTypeAccessToken,
 	} {
 		if form[k] != want {
 			t.Errorf("form %s = %q, want %q", k, form[k], want)
@@ -368,17 +371,21 @@ func TestParseResponse(t *testing.T) {
 		name, body string
 		want       string // error text, empty for success
 	}{
-		{"ok", `{"access_token":"a.b.c","token_type":"Bearer","expires_in":300,"scope":"x y"}`, ""},
-		{"N_A type", `{"access_token":"a.b.c","token_type":"N_A","expires_in":300}`, ""},
-		{"no token", `{"token_type":"Bearer","expires_in":300}`, "exchange: token service unavailable: token response holds no usable access_token"},
+		{"ok", `{"access_token":"a.b.c","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":300,"scope":"x y"}`, ""},
+		// What the STS answers when it issues something other than an
+		// access token: never sent on as one.
+		{"N_A type", `{"access_token":"a.b.c","issued_token_type":"urn:ietf:params:oauth:token-type:jwt","token_type":"N_A","expires_in":300}`, `exchange: token service unavailable: token response has token_type "N_A", not Bearer`},
+		{"refresh token", `{"access_token":"a.b.c","issued_token_type":"urn:ietf:params:oauth:token-type:refresh_token","token_type":"Bearer","expires_in":300}`, `exchange: token service unavailable: token response has issued_token_type "urn:ietf:params:oauth:token-type", not an access token`},
+		{"no issued type", `{"access_token":"a.b.c","token_type":"Bearer","expires_in":300}`, `exchange: token service unavailable: token response has issued_token_type "", not an access token`},
+		{"no token", `{"issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":300}`, "exchange: token service unavailable: token response holds no usable access_token"},
 		{"header injection", `{"access_token":"a.b\r\nX: y","token_type":"Bearer","expires_in":300}`, "exchange: token service unavailable: token response holds no usable access_token"},
-		{"no lifetime", `{"access_token":"a.b.c","token_type":"Bearer"}`, "exchange: token service unavailable: token response has no usable expires_in"},
-		{"huge lifetime", `{"access_token":"a.b.c","token_type":"Bearer","expires_in":1e12}`, "exchange: token service unavailable: token response has no usable expires_in"},
-		{"mac", `{"access_token":"a.b.c","token_type":"mac","expires_in":3}`, `exchange: token service unavailable: token response has token_type "mac"`},
+		{"no lifetime", `{"access_token":"a.b.c","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer"}`, "exchange: token service unavailable: token response has no usable expires_in"},
+		{"huge lifetime", `{"access_token":"a.b.c","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":1e12}`, "exchange: token service unavailable: token response has no usable expires_in"},
+		{"mac", `{"access_token":"a.b.c","token_type":"mac","expires_in":3}`, `exchange: token service unavailable: token response has token_type "mac", not Bearer`},
 		{"not json", `<html>`, "exchange: token service unavailable: malformed token response: invalid character '<' looking for beginning of value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tok, err := parseResponse(200, "", []byte(tc.body), now)
+			tok, err := parseResponse(200, "", []byte(tc.body), now, true)
 			if tc.want == "" {
 				if err != nil || tok.Raw != "a.b.c" || !tok.Expiry.Equal(now.Add(300*time.Second)) {
 					t.Fatalf("tok = %+v, err = %v", tok, err)
@@ -400,7 +407,7 @@ func FuzzParseResponse(f *testing.F) {
 	f.Add(502, []byte(`<html>`))
 	now := time.Unix(1_800_000_000, 0)
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
-		tok, err := parseResponse(status, "d", body, now)
+		tok, err := parseResponse(status, "d", body, now, true)
 		if (tok == nil) == (err == nil) {
 			t.Fatal("exactly one of token and error")
 		}
@@ -435,5 +442,28 @@ func TestServerIDChecked(t *testing.T) {
 	}
 	if f.calls.Load() != 0 {
 		t.Error("request reached an STS without the expected SPIFFE ID")
+	}
+}
+
+// A redirect from the token endpoint is never followed: the form holds the
+// subject token, and the new location could be anyone, in plain HTTP too.
+func TestRedirectNotFollowed(t *testing.T) {
+	ca := testca.New(t, td)
+	f := newFakeSTS(t, ca)
+	var leaked atomic.Int64
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"forged","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":86400}`))
+	}))
+	defer elsewhere.Close()
+	f.redirect = elsewhere.URL + "/steal"
+	c, _ := newTestClient(t, ca, f, newClock())
+	_, err := c.Exchange(context.Background(), "user-secret-token", invAud)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Errorf("err = %v, want ErrUnavailable", err)
+	}
+	if n := leaked.Load(); n != 0 {
+		t.Errorf("the redirect was followed: %d requests elsewhere", n)
 	}
 }

@@ -36,6 +36,8 @@ type fakeSTS struct {
 	expiresIn atomic.Int64
 	// gate, when set, blocks every answer until it is closed.
 	gate chan struct{}
+	// redirect, when set, is where every answer redirects (307).
+	redirect string
 
 	mu       sync.Mutex
 	forms    []map[string]string
@@ -81,6 +83,10 @@ func (f *fakeSTS) handle(w http.ResponseWriter, r *http.Request) {
 	f.lastCert = leaf
 	f.mu.Unlock()
 	w.Header().Set("X-Decision-Id", fmt.Sprintf("dec-%d", n))
+	if f.redirect != "" {
+		http.Redirect(w, r, f.redirect, http.StatusTemporaryRedirect)
+		return
+	}
 	switch s := f.status.Load(); s {
 	case 0:
 	case http.StatusForbidden:
@@ -114,10 +120,11 @@ func (f *fakeSTS) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{
-		"access_token": fmt.Sprintf("eyJ.tok%d.sig", n),
-		"token_type":   "Bearer",
-		"expires_in":   f.expiresIn.Load(),
-		"scope":        "orders:write",
+		"access_token":      fmt.Sprintf("eyJ.tok%d.sig", n),
+		"issued_token_type": tokenTypeAccessToken,
+		"token_type":        "Bearer",
+		"expires_in":        f.expiresIn.Load(),
+		"scope":             "orders:write",
 	})
 }
 

@@ -297,8 +297,10 @@ func parseBundle(f policy.Federation, data []byte) (*spiffebundle.Bundle, error)
 		return nil, fmt.Errorf("federation: %w", err)
 	}
 	switch {
-	case b.Empty():
-		return nil, errors.New("federation: bundle holds no authority")
+	case b.Empty() || len(b.X509Authorities())+len(b.JWTAuthorities()) == 0:
+		// A bundle of other kinds of keys only would wipe the X.509 and
+		// JWT authorities that workloads use.
+		return nil, errors.New("federation: bundle holds no X.509 or JWT authority")
 	case f.Profile == policy.ProfileHTTPSSPIFFE && len(b.X509Authorities()) == 0:
 		// It would be the only trust for the next fetch.
 		return nil, errors.New("federation: bundle holds no X.509 authority")
@@ -324,10 +326,23 @@ func (m *Manager) done(w *watcher, b *spiffebundle.Bundle, err error) {
 		log.Warn("federation: bundle fetch failed; keeping the last good bundle", "error", err.Error(), "retry_in", d)
 		return
 	}
+	cur := *m.bundles.Load()
+	if old := cur[td]; old != nil {
+		// An older bundle (a lagging replica of the endpoint, a restored
+		// backup) would bring retired roots back: keep the newer one.
+		oldSeq, okOld := old.SequenceNumber()
+		newSeq, okNew := b.SequenceNumber()
+		if okOld && okNew && newSeq < oldSeq {
+			w.failures++
+			d := retryDelay(w.failures, refreshInterval(w.last.Load()))
+			w.next = now.Add(d)
+			log.Warn("federation: the endpoint served an older bundle; keeping the last good bundle", "sequence", newSeq, "held_sequence", oldSeq, "retry_in", d)
+			return
+		}
+	}
 	w.failures = 0
 	w.next = now.Add(refreshInterval(b))
 	w.last.Store(b)
-	cur := *m.bundles.Load()
 	if old := cur[td]; old != nil && old.Equal(b) {
 		return
 	}

@@ -240,3 +240,27 @@ func TestUpdate(t *testing.T) {
 		t.Errorf("%d fetches after the change, want 1", n-hits)
 	}
 }
+
+// An endpoint that serves an older bundle (a lagging replica, a restored
+// backup) does not bring retired roots back: the newer bundle stays.
+func TestOlderBundleRefused(t *testing.T) {
+	p := newPartner(t)
+	b5 := bundleOf(t, partnerTD, 5, p.root.Cert)
+	p.ep.bundle.Store(b5)
+	h := start(t, p.fed)
+	eventually(t, "bundle 5", h.bundleIs(b5))
+
+	retired := testca.New(t, partnerTD.Name())
+	p.ep.bundle.Store(bundleOf(t, partnerTD, 2, p.root.Cert, retired.Cert))
+	hits := p.ep.hits.Load()
+	h.clock.Add(DefaultRefresh)
+	b6 := bundleOf(t, partnerTD, 6, p.root.Cert)
+	eventually(t, "bundle 2 fetched", func() bool { return p.ep.hits.Load() > hits })
+	time.Sleep(100 * time.Millisecond) // its answer handled
+	if !h.bundleIs(b5)() {
+		t.Fatal("an older bundle replaced the newer one")
+	}
+	p.ep.bundle.Store(b6)
+	h.clock.Add(time.Hour)
+	eventually(t, "bundle 6", h.bundleIs(b6))
+}

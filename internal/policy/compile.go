@@ -679,12 +679,9 @@ type cexch struct {
 	maxLifetime time.Duration
 }
 
-// DefaultMaxLifetime is the lifetime of exchanged tokens when a policy does
-// not say otherwise; MaxMaxLifetime is the longest a policy may allow.
-const (
-	DefaultMaxLifetime = 5 * time.Minute
-	MaxMaxLifetime     = 24 * time.Hour
-)
+// MaxMaxLifetime is the longest lifetime a policy may allow. A policy
+// without maxLifetime leaves the lifetime to the token service's default.
+const MaxMaxLifetime = 24 * time.Hour
 
 func compileExchange(p *ExchangePolicy, envs *celEnvs, rep reportFn) *cexch {
 	bad := false
@@ -766,7 +763,7 @@ func compileExchange(p *ExchangePolicy, envs *celEnvs, rep reportFn) *cexch {
 	cp.maxLifetime = time.Duration(p.MaxLifetime)
 	switch {
 	case cp.maxLifetime == 0:
-		cp.maxLifetime = DefaultMaxLifetime
+		// The token service's default (tokens.defaultLifetime) applies.
 	case cp.maxLifetime < time.Second:
 		report("spec.maxLifetime", fmt.Sprintf("maxLifetime: %v is too short (at least 1s)", cp.maxLifetime))
 	case cp.maxLifetime > MaxMaxLifetime:

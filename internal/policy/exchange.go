@@ -44,7 +44,8 @@ type ExchangeDecision struct {
 	// Claims are the user claims the policy lets through (already limited
 	// by the TrustedIssuer's claims for external subjects).
 	Claims []string
-	// MaxLifetime is the longest lifetime the issued token may have.
+	// MaxLifetime is the longest lifetime the issued token may have; zero
+	// when the policy names none (the token service's default applies).
 	MaxLifetime time.Duration
 	// DryRun lists what DryRun policies would have decided.
 	DryRun []string

@@ -75,7 +75,7 @@ func TestExchange(t *testing.T) {
 			audience: orders,
 			scopes:   []string{"orders:read", "orders:write"},
 			claims:   []string{"email"},
-			lifetime: 5 * time.Minute,
+			lifetime: 0, // the policy names none: the STS default
 			reason:   `ExchangePolicy "gateway-to-orders" allows client spiffe://shop.local/ns/edge/sa/gateway tokens for audience spiffe://shop.local/ns/shop/sa/orders`,
 		},
 		{
@@ -86,7 +86,7 @@ func TestExchange(t *testing.T) {
 			audience: orders,
 			scopes:   []string{"orders:read", "orders:write"},
 			claims:   []string{"email"},
-			lifetime: 5 * time.Minute,
+			lifetime: 0,
 		},
 		{
 			name:   "audience not resolved when a glob is possible",
@@ -135,7 +135,7 @@ func TestExchange(t *testing.T) {
 			policy:   "orders-any-shop",
 			audience: inventory,
 			scopes:   []string{},
-			lifetime: 5 * time.Minute,
+			lifetime: 0,
 		},
 		{
 			name:   "wrong grant type for the policy",

@@ -219,7 +219,8 @@ type ExchangePolicy struct {
 	Scopes []string `json:"scopes,omitempty" strictyaml:"emptyok"`
 	// Claims are user claims carried into the issued token.
 	Claims []string `json:"claims,omitempty"`
-	// MaxLifetime of the issued token (default 5m, at most 24h).
+	// MaxLifetime of the issued token (at most 24h); without it the token
+	// service's tokens.defaultLifetime (5m) applies.
 	MaxLifetime Duration `json:"maxLifetime,omitempty"`
 	// When is an optional CEL condition that must return a bool.
 	When string `json:"when,omitempty"`

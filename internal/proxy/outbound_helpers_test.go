@@ -68,7 +68,7 @@ func newObSTS(t testing.TB, ca *testca.CA) *obSTS {
 		s.issued[raw] = f
 		s.certs[raw] = r.TLS.PeerCertificates[0]
 		s.mu.Unlock()
-		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": raw, "token_type": "Bearer", "expires_in": 300})
+		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": raw, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 300})
 	}))
 	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.ServerCert(t)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()}
 	s.srv.StartTLS()

@@ -28,7 +28,7 @@ type Config struct {
 	// Issuer is the STS issuer URL; default https://<listen>.
 	Issuer string `json:"issuer,omitempty"`
 	// DataDir holds the embedded store, the dev key-encryption key and
-	// bundle.pem; default ./data.
+	// bundle.pem; default "data" next to the config file.
 	DataDir string `json:"dataDir,omitempty"`
 	// Resources is the directory of Workload, TrustedIssuer and
 	// ExchangePolicy resources, watched for changes. Required.
@@ -192,6 +192,12 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("server: config %w", err)
 	}
 	base := filepath.Dir(path)
+	if c.DataDir == "" {
+		// The default, like every relative path here, is next to the
+		// config file: started from another directory, the server must
+		// not quietly make a new data dir (a new CA, new keys).
+		c.DataDir = "data"
+	}
 	for _, p := range []*string{&c.DataDir, &c.Resources, &c.Keys.KEKFile, &c.CA.UpstreamCert, &c.CA.UpstreamKey, &c.Attestation.K8s.JWKSFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)

@@ -373,6 +373,9 @@ func TestLoadConfigErrors(t *testing.T) {
 	if c.Resources != filepath.Join(dir, "r") || c.DataDir != filepath.Join(dir, "d") {
 		t.Errorf("relative paths not resolved against the config file: %+v", c)
 	}
+	if c, err := LoadConfig(write("trustDomain: a.test\n")); err != nil || c.DataDir != filepath.Join(dir, "data") {
+		t.Errorf("the default data dir is not next to the config file: %v, %v", c.DataDir, err)
+	}
 	if err := (&Config{TrustDomain: "not a domain!"}).setDefaults(); err == nil {
 		t.Error("bad trust domain accepted")
 	}

@@ -67,3 +67,19 @@ func TestClientSecretsStaleWhileStoreFails(t *testing.T) {
 		t.Errorf("the store back, the removed secret: %d %s", r.status, r.raw)
 	}
 }
+
+// A policy without maxLifetime leaves the lifetime to tokens.defaultLifetime
+// (the policy compiler used to fill in 5m, so the setting did nothing); one
+// with maxLifetime keeps its own.
+func TestDefaultLifetimeApplies(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.DefaultLifetime = 10 * time.Minute })
+	user := h.userToken("alice", "orders:read orders:write")
+	t1, c1 := h.exchange(gatewayID, user, ordersID, "") // gateway-to-orders: no maxLifetime
+	if got := c1.Expiry.Sub(c1.IssuedAt); got != 10*time.Minute {
+		t.Errorf("lifetime %v, want the configured default 10m", got)
+	}
+	_, c2 := h.exchange(ordersID, t1, "inventory-api", "") // maxLifetime: 2m
+	if got := c2.Expiry.Sub(c2.IssuedAt); got != 2*time.Minute {
+		t.Errorf("lifetime %v, want the policy's 2m", got)
+	}
+}
