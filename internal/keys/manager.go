@@ -188,10 +188,13 @@ func (m *Manager) MaxAge() time.Duration { return m.lead }
 
 // Rotate rotates now: the next key becomes the current key at once and a new
 // next key is created. The previous key stays published until its tokens
-// have expired, unless revokeOld is set: then it and every retired key leave
-// the key set, and the store, at once (other replicas drop them at their next
-// refresh). Keys promoted this way may not have been published for LeadTime:
-// verifiers that cached the key set earlier refetch on an unknown kid.
+// have expired, unless revokeOld is set (a suspected compromise): then a
+// freshly generated key signs from now on, and every other key — the
+// previous one, the retired ones, and the next one, whose private half every
+// replica already held — leaves the key set, and the store, at once (other
+// replicas drop them at their next refresh). Keys promoted this way may not
+// have been published for LeadTime: verifiers that cached the key set
+// earlier refetch on an unknown kid.
 func (m *Manager) Rotate(ctx context.Context, revokeOld bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -204,7 +207,7 @@ func (m *Manager) Rotate(ctx context.Context, revokeOld bool) error {
 	w := &writer{m: m, ctx: ctx}
 
 	var promoted store.SigningKey
-	if v.next != nil {
+	if v.next != nil && !revokeOld {
 		promoted = *v.next
 		promoted.ActivateAt = now
 	} else if _, promoted, err = generate(m.kek, m.alg, now, now); err != nil {
@@ -224,12 +227,17 @@ func (m *Manager) Rotate(ctx context.Context, revokeOld bool) error {
 		} else {
 			o := *old
 			o.RetireAt, o.ExpireAt = now, now.Add(m.retention)
-			w.put(o, "rotate: retiring")
+			// Conditional, as in tick: a key another Rotate has revoked
+			// meanwhile must not be written back.
+			w.retire(o)
 		}
 	}
 	if revokeOld {
 		for _, r := range v.retired {
 			w.revoke(r.rec, now)
+		}
+		if v.next != nil {
+			w.revoke(*v.next, now)
 		}
 	}
 	for _, r := range v.extra {
@@ -471,11 +479,16 @@ func (m *Manager) install(recs []store.SigningKey, now time.Time) error {
 				c.key = k
 				c.jwk = publicJWK(k.ID, k.Algorithm, k.Public)
 			} else {
-				alg, pub, err := parsePublic(rec)
+				// A key that only verifies is published only if its sealed
+				// half opens under the KEK and matches it, as for the keys
+				// that sign: write access to the store alone must not be
+				// enough to add a key every verifier trusts. The private
+				// half is dropped at once.
+				k, err := unseal(m.kek, rec)
 				if err != nil {
 					return nil, err
 				}
-				c.jwk = publicJWK(rec.ID, alg, pub)
+				c.jwk = publicJWK(k.ID, k.Algorithm, k.Public)
 			}
 		}
 		fresh[rec.ID] = c

@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -310,8 +313,11 @@ func TestRotateRevokeOld(t *testing.T) {
 	if err := m.Rotate(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if m.Current().ID != next || len(kids(m)) != 2 || st.len() != 2 {
-		t.Fatalf("after revocation: current %s, key set %v, %d stored", m.Current().ID, kids(m), st.len())
+	if cur := m.Current().ID; cur == next || cur == compromised.ID || len(kids(m)) != 2 || st.len() != 2 {
+		t.Fatalf("after revocation: current %s (want a fresh key), key set %v, %d stored", cur, kids(m), st.len())
+	}
+	if _, ok := m.PublicKey(next); ok {
+		t.Fatal("the old next key, held unsealed by every replica, is still published")
 	}
 	for i, tok := range toks {
 		if err := verify(m, tok); err == nil {
@@ -336,16 +342,18 @@ func TestRotateRevokeOldPartialFailure(t *testing.T) {
 	st.delErr = errors.New("nope")
 	st.mu.Unlock()
 	err := m.Rotate(ctx, true)
-	if want := "keys: deleting key " + old + ": nope"; err == nil || err.Error() != want {
-		t.Fatalf("err = %v, want %q", err, want)
+	if err == nil || !strings.Contains(err.Error(), "keys: deleting key "+old+": nope") || !strings.Contains(err.Error(), "keys: deleting key "+next+": nope") {
+		t.Fatalf("err = %v, want failed deletes of %s and %s", err, old, next)
 	}
-	// The revoked key is marked expired: it neither signs nor verifies,
-	// and the next tick deletes it.
-	if m.Current().ID != next {
-		t.Fatal("next key not promoted")
+	// The revoked keys are marked expired: they neither sign nor verify,
+	// and the next tick deletes them.
+	if cur := m.Current().ID; cur == next || cur == old {
+		t.Fatal("no fresh key signs")
 	}
-	if _, ok := m.PublicKey(old); ok || len(kids(m)) != 2 {
-		t.Fatalf("key set after a failed delete %v", kids(m))
+	for _, kid := range []string{old, next} {
+		if _, ok := m.PublicKey(kid); ok || len(kids(m)) != 2 {
+			t.Fatalf("key set after a failed delete %v", kids(m))
+		}
 	}
 	st.mu.Lock()
 	st.delErr = nil
@@ -379,11 +387,12 @@ func TestRotateWhenReReadFails(t *testing.T) {
 	if err == nil || err.Error() != "keys: re-reading signing keys: flaky" {
 		t.Fatalf("err = %v", err)
 	}
-	// The state follows the writes that succeeded.
-	if m.Current().ID != next || len(kids(m)) != 2 {
-		t.Fatalf("current %s (want %s), key set %v", m.Current().ID, next, kids(m))
+	// The state follows the writes that succeeded: a fresh key signs, and
+	// the previous next key (unsealed on every replica) is revoked too.
+	if cur := m.Current().ID; cur == next || cur == old || cur == retired || len(kids(m)) != 2 {
+		t.Fatalf("current %s (want a fresh key), key set %v", cur, kids(m))
 	}
-	for _, kid := range []string{old, retired} {
+	for _, kid := range []string{old, retired, next} {
 		if _, ok := m.PublicKey(kid); ok {
 			t.Fatalf("revoked key %s still published", kid)
 		}
@@ -842,5 +851,45 @@ func TestRevokeNotUndoneByStaleReplica(t *testing.T) {
 	}
 	if _, ok := m1.PublicKey(old); ok {
 		t.Errorf("the revoked key %s is published again", old)
+	}
+}
+
+// A key is published only if its sealed half opens under the KEK and
+// matches it: write access to the store alone cannot add a key that every
+// verifier would trust.
+func TestUnsealableKeyNotPublished(t *testing.T) {
+	st, clk := newFakeStore(), newFakeClock()
+	m := newTestManager(t, testConfig(t, st, clk))
+	atk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	kid, _ := thumbprint(atk.Public())
+	der, _ := x509.MarshalPKIXPublicKey(atk.Public())
+	now := clk.Now()
+	st.set(store.SigningKey{ID: kid, Algorithm: "ES256", Public: der, Sealed: []byte("garbage"), KEKID: m.kek.ID(),
+		CreatedAt: now.Add(-time.Hour), ActivateAt: now.Add(-time.Hour), RetireAt: now.Add(-time.Minute), ExpireAt: now.Add(23 * time.Hour)})
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.PublicKey(kid); ok {
+		t.Errorf("a key whose sealed half does not open is published: %v", kids(m))
+	}
+}
+
+// --revoke-old (a suspected compromise) signs with a freshly generated key,
+// not the next key every replica already held, and revokes that one too.
+func TestRevokeOldSignsWithAFreshKey(t *testing.T) {
+	st, clk := newFakeStore(), newFakeClock()
+	m := newTestManager(t, testConfig(t, st, clk))
+	ks := m.KeySet().Keys
+	oldCur, oldNext := ks[0].KeyID, ks[1].KeyID
+	if err := m.Rotate(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if cur := m.Current().ID; cur == oldCur || cur == oldNext {
+		t.Errorf("signing with %s after --revoke-old (old current %s, old next %s)", cur, oldCur, oldNext)
+	}
+	for _, kid := range []string{oldCur, oldNext} {
+		if _, ok := m.PublicKey(kid); ok {
+			t.Errorf("%s still published after --revoke-old", kid)
+		}
 	}
 }
