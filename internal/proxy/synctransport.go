@@ -64,6 +64,9 @@ type syncTransport struct {
 	mu     sync.Mutex
 	idle   []*syncConn // most recently used last
 	closed bool
+	// sweeper closes idle connections past idleTimeout even when the pool
+	// is not used again (a burst, then quiet): armed while it holds any.
+	sweeper *time.Timer
 }
 
 // maxSyncResponseHeader bounds a response header on this path (net/http's
@@ -294,7 +297,24 @@ func (t *syncTransport) put(c *syncConn) {
 		return
 	}
 	t.idle = append(t.idle, c)
+	if t.sweeper == nil && t.idleTimeout > 0 {
+		t.sweeper = time.AfterFunc(t.idleTimeout, t.sweep)
+	}
 	t.mu.Unlock()
+}
+
+// sweep is the sweeper's tick: it closes what has been idle too long and
+// re-arms for the oldest connection left.
+func (t *syncTransport) sweep() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	t.sweepLocked(now)
+	if t.closed || len(t.idle) == 0 {
+		t.sweeper = nil
+		return
+	}
+	t.sweeper.Reset(max(t.idle[0].idleAt.Add(t.idleTimeout).Sub(now), time.Millisecond))
 }
 
 // CloseIdleConnections closes the idle connections (those in use close
@@ -317,6 +337,10 @@ func (t *syncTransport) CloseIdleConnections() {
 func (t *syncTransport) close() {
 	t.mu.Lock()
 	t.closed = true
+	if t.sweeper != nil {
+		t.sweeper.Stop()
+		t.sweeper = nil
+	}
 	t.mu.Unlock()
 	t.CloseIdleConnections()
 }

@@ -578,3 +578,45 @@ func TestSyncTransportReadAfterClose(t *testing.T) {
 		t.Errorf("Read after Close: %v, want an error", err)
 	}
 }
+
+// Idle connections past idleTimeout are closed even when the pool is not
+// used again: a burst followed by quiet does not leave sockets open.
+func TestSyncTransportSweepsWhenQuiet(t *testing.T) {
+	var open atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond) // so that the burst needs many connections
+		_, _ = io.WriteString(w, "ok")
+	}))
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	f := newSyncFixture(t, srv.Listener.Addr().String())
+	f.t.maxIdle, f.t.idleTimeout = 64, 100*time.Millisecond
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			r, _ := http.NewRequest("GET", srv.URL+"/", nil)
+			f.do(t, r)
+		})
+	}
+	wg.Wait()
+	if open.Load() < 2 {
+		t.Fatalf("the burst used %d connections; the test needs several", open.Load())
+	}
+	for deadline := time.Now().Add(5 * time.Second); open.Load() != 0; {
+		if time.Now().After(deadline) {
+			f.t.mu.Lock()
+			n := len(f.t.idle)
+			f.t.mu.Unlock()
+			t.Fatalf("%d connections still open (%d pooled) well past idleTimeout", open.Load(), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

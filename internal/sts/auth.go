@@ -72,20 +72,11 @@ func (s *Service) newClient(w policy.Workload) (*client, error) {
 			}
 			c.keys = ks
 		case w.JWKSURI != "":
-			s.remoteMu.Lock()
-			r, ok := s.remotes["uri "+w.JWKSURI]
-			s.remoteMu.Unlock()
-			if !ok {
-				var err error
-				r, err = token.NewRemoteKeySet(token.RemoteConfig{JWKSURI: w.JWKSURI, HTTPClient: s.cfg.HTTPClient, Logger: s.cfg.Logger})
-				if err != nil {
-					return nil, err
-				}
-				s.remoteMu.Lock()
-				s.remotes["uri "+w.JWKSURI] = r
-				s.remoteMu.Unlock()
+			ks, err := s.remoteKeySet("uri "+w.JWKSURI, token.RemoteConfig{JWKSURI: w.JWKSURI, HTTPClient: s.cfg.HTTPClient, Logger: s.cfg.Logger})
+			if err != nil {
+				return nil, err
 			}
-			c.keys = r
+			c.keys = ks
 		default:
 			return nil, errors.New("private_key_jwt needs jwks or jwksURI")
 		}

@@ -107,10 +107,30 @@ type Service struct {
 	metrics *metrics
 
 	remoteMu      sync.Mutex
-	remotes       map[string]*token.RemoteKeySet // by JWKS URI or discovery issuer
-	introspectors map[string]*introspect.Client  // by configuration hash
+	remotes       map[string]*remote            // by JWKS URI or discovery issuer
+	introspectors map[string]*introspect.Client // by configuration hash
+	// used collects, during SetEngine, the keys of the remotes and
+	// introspectors the new resources use; the others are dropped.
+	used map[string]bool
 
-	runCtx context.Context
+	runCtx context.Context // set by Run; nil before
+}
+
+// remote is an external issuer's key set and, once Run started it, the
+// cancellation of its poller.
+type remote struct {
+	ks   *token.RemoteKeySet
+	stop context.CancelFunc
+}
+
+// start runs r's poller under ctx unless it runs already. Callers hold
+// remoteMu.
+func (r *remote) start(ctx context.Context) {
+	if r.stop != nil || ctx == nil {
+		return
+	}
+	ctx, r.stop = context.WithCancel(ctx)
+	go r.ks.Run(ctx)
 }
 
 // state is everything a request needs that changes with the policy set.
@@ -180,10 +200,9 @@ func New(cfg Config) (*Service, error) {
 		cfg:     cfg,
 		revoked: newRevocations(),
 		metrics: newMetrics(),
-		remotes: map[string]*token.RemoteKeySet{},
+		remotes: map[string]*remote{},
 
 		introspectors: map[string]*introspect.Client{},
-		runCtx:        context.Background(),
 	}
 	s.secrets = newSecretCache(cfg.Store, cfg.Now)
 	own := token.KeySetFunc(func(_ context.Context, kid string) (jose.JSONWebKey, error) {
@@ -229,7 +248,7 @@ func (s *Service) Run(ctx context.Context) {
 	s.remoteMu.Lock()
 	s.runCtx = ctx
 	for _, r := range s.remotes {
-		go r.Run(ctx)
+		r.start(ctx)
 	}
 	s.remoteMu.Unlock()
 	t := time.NewTicker(10 * time.Second)
@@ -252,10 +271,22 @@ func (s *Service) Run(ctx context.Context) {
 // SetEngine swaps in a compiled policy set. Trusted issuers' verifiers are
 // rebuilt; remote key caches survive when their source is unchanged. A set
 // that cannot be used is refused and the current one stays in force.
-func (s *Service) SetEngine(e *policy.Engine) error {
+func (s *Service) SetEngine(e *policy.Engine) (err error) {
 	if e == nil {
 		return errors.New("sts: nil policy engine")
 	}
+	s.remoteMu.Lock()
+	s.used = map[string]bool{}
+	s.remoteMu.Unlock()
+	defer func() {
+		if err == nil {
+			s.dropUnused()
+			return
+		}
+		s.remoteMu.Lock()
+		s.used = nil // the old resources stay in force, with what they use
+		s.remoteMu.Unlock()
+	}()
 	st := &state{engine: e, issuers: map[string]*externalIssuer{}, clients: map[string]*client{}}
 	for _, ti := range e.TrustedIssuers() {
 		ti := ti
@@ -310,6 +341,56 @@ func (s *Service) SetEngine(e *policy.Engine) error {
 	return nil
 }
 
+// markUsed records that the resources being loaded use the remote or
+// introspector with key. Callers hold remoteMu.
+func (s *Service) markUsed(key string) {
+	if s.used != nil {
+		s.used[key] = true
+	}
+}
+
+// dropUnused stops and forgets the remotes and introspectors the resources
+// just loaded do not use (a TrustedIssuer removed or re-pointed, a client
+// secret rotated): without it each reload would leave a poller running.
+func (s *Service) dropUnused() {
+	s.remoteMu.Lock()
+	defer s.remoteMu.Unlock()
+	for k, r := range s.remotes {
+		if !s.used[k] {
+			if r.stop != nil {
+				r.stop()
+			}
+			delete(s.remotes, k)
+		}
+	}
+	for k := range s.introspectors {
+		if !s.used[k] {
+			delete(s.introspectors, k)
+		}
+	}
+	s.used = nil
+}
+
+// remoteKeySet returns the remote key set kept under key, creating it from
+// cfg the first time; its poller runs once Run has started (before that, a
+// lookup still fetches the keys).
+func (s *Service) remoteKeySet(key string, cfg token.RemoteConfig) (*token.RemoteKeySet, error) {
+	s.remoteMu.Lock()
+	defer s.remoteMu.Unlock()
+	s.markUsed(key)
+	if r, ok := s.remotes[key]; ok {
+		return r.ks, nil
+	}
+	ks, err := token.NewRemoteKeySet(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r := &remote{ks: ks}
+	r.start(s.runCtx)
+	s.remotes[key] = r
+	return ks, nil
+}
+
 func (s *Service) issuerKeys(ti *policy.TrustedIssuer) (token.KeySet, error) {
 	switch {
 	case ti.JWKS != nil:
@@ -321,18 +402,7 @@ func (s *Service) issuerKeys(ti *policy.TrustedIssuer) (token.KeySet, error) {
 			key = "discovery " + ti.Issuer
 			cfg = token.RemoteConfig{DiscoveryIssuer: ti.Issuer, HTTPClient: s.cfg.HTTPClient, Logger: s.cfg.Logger}
 		}
-		s.remoteMu.Lock()
-		defer s.remoteMu.Unlock()
-		if r, ok := s.remotes[key]; ok {
-			return r, nil
-		}
-		r, err := token.NewRemoteKeySet(cfg)
-		if err != nil {
-			return nil, err
-		}
-		s.remotes[key] = r
-		go r.Run(s.runCtx)
-		return r, nil
+		return s.remoteKeySet(key, cfg)
 	default:
 		return nil, errors.New("no key source")
 	}
@@ -352,6 +422,7 @@ func (s *Service) introspector(ti *policy.TrustedIssuer) (*introspect.Client, er
 	key := "introspect " + hex.EncodeToString(sum[:])
 	s.remoteMu.Lock()
 	defer s.remoteMu.Unlock()
+	s.markUsed(key)
 	if c, ok := s.introspectors[key]; ok {
 		return c, nil
 	}
