@@ -239,6 +239,11 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("server: config: attestation.k8s.agentServiceAccounts: %q: want namespace:name", sa)
 		}
 	}
+	if lt := time.Duration(c.Keys.LeadTime); lt != 0 && lt < time.Minute {
+		// Replicas re-read the keys every 30s: a shorter lead could make
+		// a key sign before every replica (and so every JWKS) has it.
+		return fmt.Errorf("server: config: keys.leadTime %s is shorter than 1m", lt)
+	}
 	for _, ip := range c.Serving.IPAddresses {
 		if net.ParseIP(ip) == nil {
 			return fmt.Errorf("server: config: serving.ipAddresses: %q is not an IP address", ip)

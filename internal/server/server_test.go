@@ -379,6 +379,9 @@ func TestLoadConfigErrors(t *testing.T) {
 	if err := (&Config{TrustDomain: "not a domain!"}).setDefaults(); err == nil {
 		t.Error("bad trust domain accepted")
 	}
+	if err := (&Config{TrustDomain: "a.test", Keys: KeysConfig{LeadTime: Duration(10 * time.Second)}}).setDefaults(); err == nil || !strings.Contains(err.Error(), "keys.leadTime 10s is shorter than 1m") {
+		t.Errorf("a 10s lead time: %v", err)
+	}
 	for _, sas := range [][]string{{"agent"}, {":agent"}, {"postern:"}, {"a:b:c"}} {
 		c := &Config{TrustDomain: "a.test", Attestation: AttestationConfig{K8s: K8sAttestationConfig{Issuer: "https://k8s", Audience: "postern", AgentServiceAccounts: sas}}}
 		if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "want namespace:name") {
