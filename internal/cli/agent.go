@@ -43,8 +43,9 @@ are renewed at half-life and streamed to the callers as they rotate.
 The join token may also be given in the ` + joinTokenEnv + ` environment variable.
 The socket's directory should be owned by the operator; the socket itself is
 world-connectable (mode 0777), as callers are told apart by attestation.`,
-		Example: `  postern agent --server https://127.0.0.1:8443 --bundle .postern-quickstart/bundle.pem \
-      --join-token "$TOKEN" --socket /run/postern/agent.sock`,
+		Example: `  # the join token in the environment, not on the command line (ps shows that)
+  POSTERN_JOIN_TOKEN="$TOKEN" postern agent --server https://127.0.0.1:8443 \
+      --bundle .postern-quickstart/bundle.pem --socket /run/postern/agent.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.JoinToken == "" && cfg.K8sTokenFile == "" {
@@ -81,7 +82,7 @@ world-connectable (mode 0777), as callers are told apart by attestation.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.ServerURL, "server", "", "URL of postern server, e.g. https://127.0.0.1:8443")
 	f.StringVar(&cfg.BundleFile, "bundle", "", "PEM file of the trust domain's roots (the server's bundle.pem): bootstrap trust")
-	f.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token naming this agent's SPIFFE ID")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token naming this agent's SPIFFE ID (visible in ps: prefer the "+joinTokenEnv+" environment variable)")
 	f.StringVar(&cfg.K8sTokenFile, "k8s-token-file", "", "projected service-account token file (Kubernetes attestation)")
 	f.StringVar(&cfg.SocketPath, "socket", "", "unix socket path of the Workload API")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -50,6 +51,15 @@ workloads get their SVIDs from postern agent through the Workload API.`,
 			sid, err := spiffeid.FromString(id)
 			if err != nil {
 				return fmt.Errorf("--spiffe-id: %w", err)
+			}
+			if p := sid.Path(); p == "/postern" || strings.HasPrefix(p, "/postern/") {
+				// Agents trust the server by its /postern/server SVID:
+				// a certificate issued here must not be able to pose as
+				// the server or an agent.
+				return fmt.Errorf("--spiffe-id %s is reserved for postern's own components (the server, agents), which get their certificates from the server", sid)
+			}
+			if ttl <= 0 {
+				return fmt.Errorf("--ttl %s: must be positive", ttl)
 			}
 			st, logger, err := flags.open(e)
 			if err != nil {

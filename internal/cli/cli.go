@@ -157,3 +157,32 @@ func (l *logFlags) logger(cmd *cobra.Command, e *env, cfgLevel, cfgFormat string
 	tuneGC()
 	return newLogger(e.stderr, level, format)
 }
+
+// maxInputFile bounds the files the operator commands read (keys, JWKS,
+// CA bundles, request files): a mistaken path such as /dev/zero must fail,
+// not exhaust memory.
+const maxInputFile = 1 << 20
+
+// readInputFile reads a regular file of at most maxInputFile bytes.
+func readInputFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxInputFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxInputFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxInputFile)
+	}
+	return b, nil
+}

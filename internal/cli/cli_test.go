@@ -115,6 +115,20 @@ func TestTokenVerify(t *testing.T) {
 	}
 }
 
+// initDataDir does what a server's first start does to its data dir.
+func initDataDir(t *testing.T, cfgPath string) {
+	t.Helper()
+	cfg, err := server.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := server.Open(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+}
+
 func TestCAIssueAndOperatorCommands(t *testing.T) {
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "server.yaml")
@@ -123,6 +137,20 @@ func TestCAIssueAndOperatorCommands(t *testing.T) {
 	}
 	out := filepath.Join(dir, "gw")
 	id := "spiffe://example.test/ns/shop/sa/gateway"
+	// Offline commands never create a control plane: a config whose data
+	// dir no server has started on (a typo) is refused, not initialised.
+	if code, _, errs := run(t, "", "ca", "issue", "--config", cfgPath, "--spiffe-id", id, "--out", out); code != 1 || !strings.Contains(errs, "is not an initialised postern data dir") {
+		t.Fatalf("ca issue on an uninitialised data dir: %d %s", code, errs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "kek")); err == nil {
+		t.Fatal("an offline command created a KEK")
+	}
+	initDataDir(t, cfgPath)
+	for _, reserved := range []string{"spiffe://example.test/postern/server", "spiffe://example.test/postern/agent/x"} {
+		if code, _, errs := run(t, "", "ca", "issue", "--config", cfgPath, "--spiffe-id", reserved, "--out", out); code != 1 || !strings.Contains(errs, "is reserved for postern's own components") {
+			t.Errorf("ca issue for %s: %d %s", reserved, code, errs)
+		}
+	}
 	if code, stdout, errs := run(t, "", "ca", "issue", "--config", cfgPath, "--spiffe-id", id, "--out", out); code != 0 {
 		t.Fatalf("ca issue: %d %s %s", code, stdout, errs)
 	}
@@ -269,6 +297,7 @@ func TestTokenRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	initDataDir(t, cfgPath)
 	if code, out, errs := run(t, "", "token", "revoke", "--config", cfgPath, raw); code != 0 || !strings.Contains(out, "revoked jti") {
 		t.Fatalf("revoke: %d %s %s", code, out, errs)
 	}
@@ -323,5 +352,23 @@ func TestSetMaxProcs(t *testing.T) {
 	t.Setenv("GOMAXPROCS", "2")
 	if got := setMaxProcs(1); got != 2 {
 		t.Errorf("setMaxProcs(1) with GOMAXPROCS=2 set = %d, want it left alone", got)
+	}
+}
+
+// Files named on the command line are read bounded: a special or huge file
+// fails instead of exhausting memory.
+func TestInputFilesBounded(t *testing.T) {
+	if _, err := readInputFile("/dev/zero"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("/dev/zero: %v", err)
+	}
+	big := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(big, make([]byte, maxInputFile+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readInputFile(big); err == nil || !strings.Contains(err.Error(), "is larger than") {
+		t.Errorf("big file: %v", err)
+	}
+	if code, _, errs := run(t, "", "token", "mint", "--key", "/dev/zero", "--iss", "i", "--sub", "s", "--aud", "a"); code != 1 || !strings.Contains(errs, "not a regular file") {
+		t.Errorf("mint --key /dev/zero: %d %s", code, errs)
 	}
 }

@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -29,7 +28,7 @@ func newPolicyCmd(e *env) *cobra.Command {
 		RunE: func(_ *cobra.Command, args []string) error {
 			err := policy.Lint(e.stdout, args[0], opts)
 			var ps policy.Problems
-			if errors.As(err, &ps) {
+			if errors.As(err, &ps) || errors.Is(err, policy.ErrNoResources) {
 				return &exitError{code: 1}
 			}
 			return err
@@ -72,7 +71,7 @@ func newPolicyCmd(e *env) *cobra.Command {
 			}
 			var req *policy.Request
 			if reqFile != "" {
-				data, err := os.ReadFile(reqFile)
+				data, err := readInputFile(reqFile)
 				if err != nil {
 					return err
 				}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -69,6 +71,12 @@ func (f *serverFlags) open(e *env) (*server.State, *slog.Logger, error) {
 	cfg, err := f.load()
 	if err != nil {
 		return nil, nil, err
+	}
+	// An offline command works on a control plane that exists: pointed at
+	// a data dir no server has started on (a typo in --config, say) it must
+	// not quietly create a new one and report success on it.
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "instance.json")); err != nil {
+		return nil, nil, fmt.Errorf("%s is not an initialised postern data dir (no instance.json): start the server on it first, or check --config/--data-dir", cfg.DataDir)
 	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	st, err := server.Open(e.ctx, cfg, logger)

@@ -221,6 +221,11 @@ func Lint(w io.Writer, dir string, opts CompileOptions) error {
 		fmt.Fprintf(w, "%d problem(s)\n", len(probs))
 		return probs
 	}
+	if l.set.Len() == 0 && len(l.tests) == 0 {
+		// An empty or mistaken directory is not a clean bill of health.
+		fmt.Fprintf(w, "no resources in %s (files ending in .yaml or .yml)\n", dir)
+		return ErrNoResources
+	}
 	selfNote(w, &l.set, opts)
 	fmt.Fprintf(w, "ok: %d resources, %d test files in %s\n", l.set.Len(), len(l.tests), dir)
 	return nil
@@ -245,6 +250,9 @@ func selfNote(w io.Writer, set *Set, opts CompileOptions) {
 type TestSummary struct {
 	Passed, Failed int
 }
+
+// ErrNoResources is returned by Lint when dir holds no resource at all.
+var ErrNoResources = errors.New("policy: no resources found")
 
 // ErrNoTests is returned by RunTests when dir holds no PolicyTest case.
 var ErrNoTests = errors.New("policy: no PolicyTest cases found")

@@ -193,3 +193,12 @@ func TestParseRequestProblems(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+// An empty (or mistaken) directory is not "ok".
+func TestLintEmptyDirectory(t *testing.T) {
+	var out bytes.Buffer
+	dir := t.TempDir()
+	if err := Lint(&out, dir, toolOpts); !errors.Is(err, ErrNoResources) || !strings.Contains(out.String(), "no resources in") {
+		t.Errorf("err %v, output %q", err, out.String())
+	}
+}
