@@ -202,6 +202,11 @@ func TestCAIssueAndOperatorCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "current key id") {
 		t.Errorf("rotate-keys: %d %s %s", code, stdout, errs)
 	}
+	for _, bad := range []string{"not a spiffe id", "spiffe://other.test/ns/ops/sa/batch"} {
+		if code, _, errs := run(t, "", "server", "client-secret", "--data-dir", data, "--client-id", bad); code != 1 || !strings.Contains(errs, "--client-id") {
+			t.Errorf("client-secret for %q: %d %s", bad, code, errs)
+		}
+	}
 	code, stdout, errs = run(t, "", "server", "client-secret", "--data-dir", data, "--client-id", "spiffe://example.test/ns/ops/sa/batch")
 	if code != 0 || len(strings.TrimSpace(stdout)) != 43 {
 		t.Errorf("client-secret: %d %q %s", code, stdout, errs)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"postern.dev/postern/internal/server"
 	"postern.dev/postern/internal/store"
@@ -191,11 +192,18 @@ replaces the old one.`,
 			if clientID == "" {
 				return fmt.Errorf("--client-id is required")
 			}
+			cid, err := spiffeid.FromString(clientID)
+			if err != nil {
+				return fmt.Errorf("--client-id %q: a client is a Workload, named by its SPIFFE ID: %w", clientID, err)
+			}
 			st, _, err := flags.open(e)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
+			if cid.TrustDomain() != st.TrustDomain {
+				return fmt.Errorf("--client-id %s is not in trust domain %s", cid, st.TrustDomain)
+			}
 			var b [32]byte
 			if _, err := rand.Read(b[:]); err != nil {
 				return err
