@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -374,16 +375,26 @@ func (s *Server) handler() http.Handler {
 func (s *Server) Run(ctx context.Context) error {
 	defer s.state.Close()
 	bg, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go s.keys.Run(bg)
-	go s.ca.Run(bg)
-	go s.sts.Run(bg)
-	go s.watcher.Run(bg)
-	go s.fed.Run(bg)
-	if s.k8s != nil {
-		go s.k8s.Run(bg)
+	var wg sync.WaitGroup
+	// Runs before the store is closed (defers run last first): the
+	// background loops stop, and are waited for, so that none of them uses
+	// a closed store. A loop that does not stop within 5s is logged.
+	defer func() {
+		cancel()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			s.logger.Warn("server: background loops still running at shutdown; closing the store anyway")
+		}
+	}()
+	for _, run := range []func(context.Context){s.keys.Run, s.ca.Run, s.sts.Run, s.watcher.Run, s.fed.Run, s.maintain} {
+		wg.Go(func() { run(bg) })
 	}
-	go s.maintain(bg)
+	if s.k8s != nil {
+		wg.Go(func() { s.k8s.Run(bg) })
+	}
 	s.logger.Info("postern server listening",
 		slog.String("addr", s.listener.Addr().String()),
 		slog.String("issuer", s.sts.Issuer()),
