@@ -412,8 +412,13 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 		return
 	}
 	ctx := r.Context()
-	user, err := g.issuers.authenticate(ctx, raw)
+	user, err := g.issuers.authenticate(ctx, raw, clientAddr(r))
 	if err != nil {
+		if errors.Is(err, errIntrospectLimited) {
+			w.Header().Set("Retry-After", "1")
+			g.refuse(w, st, http.StatusTooManyRequests, decisionLimited, codeRateLimited, "too many unknown opaque tokens from this address; retry later")
+			return
+		}
 		if errors.Is(err, token.ErrKeysUnavailable) || errors.Is(err, errIntrospectUnavailable) {
 			st.outCause = err.Error()
 			g.refuse(w, st, http.StatusServiceUnavailable, decisionError, codeUnavailable, "the identity provider's keys or introspection endpoint cannot be reached")
@@ -516,6 +521,15 @@ func (g *Gateway) rateKey(p *principal) string {
 		}
 	}
 	return "s\x00" + p.claims.Issuer + "\x00" + p.claims.Subject
+}
+
+// clientAddr is the address a request came from (no port), what limits
+// that apply before a user is known are keyed by.
+func clientAddr(r *http.Request) string {
+	if h, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return h
+	}
+	return r.RemoteAddr
 }
 
 func localPort(r *http.Request) int {

@@ -415,14 +415,44 @@ func TestGatewayOpaqueTokenGoesToItsIssuerOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := is.authenticate(context.Background(), "corp_user-token")
+	p, err := is.authenticate(context.Background(), "corp_user-token", "192.0.2.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p.claims.Subject != "bob" || a.intros.Load() != 0 || b.intros.Load() != 1 {
 		t.Errorf("%s authenticated; introspections: partner %d, corp %d (want 0 and 1)", p.claims.Subject, a.intros.Load(), b.intros.Load())
 	}
-	if _, err := is.authenticate(context.Background(), "no-prefix-token"); err == nil || a.intros.Load()+b.intros.Load() != 1 {
+	if _, err := is.authenticate(context.Background(), "no-prefix-token", "192.0.2.1"); err == nil || a.intros.Load()+b.intros.Load() != 1 {
 		t.Errorf("a token with no issuer's prefix: %v; introspections %d", err, a.intros.Load()+b.intros.Load())
+	}
+}
+
+// Made-up opaque tokens from one address cost at most a burst of requests
+// to the identity provider: the rate limit keys on the verified user, which
+// they never become, so they are limited per address before that. A token
+// whose answer is cached is not counted.
+func TestGatewayLimitsIntrospectionMisses(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	now := h.clock.Now()
+	h.idp.addOpaque("opaque-bob", map[string]any{"sub": "bob", "aud": shopAud, "scope": "orders:read", "exp": now.Add(time.Hour).Unix()})
+	if r := h.do(t, "GET", "/orders", "", bearer("opaque-bob")); r.status != 200 {
+		t.Fatalf("active opaque token: %d %s", r.status, r.body)
+	}
+	before := h.idp.intros.Load()
+	limited := 0
+	for i := range 3 * introspectMissesBurst {
+		r := h.do(t, "GET", "/orders", "", bearer(fmt.Sprintf("made-up-%d", i)))
+		if r.status == 429 {
+			limited++
+		}
+	}
+	if n := h.idp.intros.Load() - before; n > introspectMissesBurst+1 {
+		t.Errorf("%d introspections for %d made-up tokens, want at most about the burst (%d)", n, 3*introspectMissesBurst, introspectMissesBurst)
+	}
+	if limited == 0 {
+		t.Error("no request was limited")
+	}
+	if r := h.do(t, "GET", "/orders", "", bearer("opaque-bob")); r.status != 200 {
+		t.Errorf("a cached opaque token after the flood: %d %s", r.status, r.body)
 	}
 }

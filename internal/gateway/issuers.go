@@ -22,6 +22,7 @@ import (
 var (
 	errIntrospectUnavailable = errors.New("gateway: the identity provider's introspection endpoint is unavailable")
 	errInactive              = errors.New("gateway: the token is neither a valid JWT nor an active token of a trusted issuer")
+	errIntrospectLimited     = errors.New("gateway: too many unknown opaque tokens from this client")
 	errUntrusted             = fmt.Errorf("%w: the token's issuer is not trusted", token.ErrIssuer)
 )
 
@@ -43,7 +44,18 @@ type issuers struct {
 	opaque   []*issuer // those that introspect, in name order
 	remotes  []*token.RemoteKeySet
 	verdicts *proxy.VerdictCache
+	// misses limits, per client address, the opaque tokens that must be
+	// introspected (not answered from the cache): the rate limit keys on
+	// the verified user, which made-up tokens never become, and each one
+	// would otherwise cost a request to the identity provider.
+	misses *limiter
 }
+
+// Limits on introspection requests caused by one client address.
+const (
+	introspectMissesPerSecond = 10
+	introspectMissesBurst     = 20
+)
 
 // principal is an authenticated user.
 type principal struct {
@@ -135,6 +147,13 @@ func loadIssuers(dir string, o issuerOptions) (*issuers, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(s.opaque) > 0 {
+		now := o.now
+		if now == nil {
+			now = time.Now
+		}
+		s.misses = newLimiter(&RateLimitConfig{RequestsPerSecond: introspectMissesPerSecond, Burst: introspectMissesBurst, MaxClients: defaultMaxClients}, now)
+	}
 	return s, nil
 }
 
@@ -215,7 +234,7 @@ func (is *issuer) accepts(c *token.Claims) bool {
 // introspecting issuer, in name order, that says the token is active
 // vouches for it. A token bound to a certificate (cnf) is refused: users
 // present none to the gateway.
-func (s *issuers) authenticate(ctx context.Context, raw string) (*principal, error) {
+func (s *issuers) authenticate(ctx context.Context, raw, client string) (*principal, error) {
 	v, err := s.verdicts.Verify(ctx, raw, nil)
 	if err == nil {
 		return &principal{claims: v.Claims, m: v.Map}, nil
@@ -232,6 +251,11 @@ func (s *issuers) authenticate(ctx context.Context, raw string) (*principal, err
 	for _, is := range s.opaque {
 		if !is.res.Introspection.Accepts(raw) {
 			continue // another issuer's token: never shown to this one
+		}
+		if s.misses != nil && !is.introspect.Cached(raw) {
+			if ok, _ := s.misses.allow(client); !ok {
+				return nil, errIntrospectLimited
+			}
 		}
 		claims, err := is.introspect.Introspect(ctx, raw)
 		if errors.Is(err, introspect.ErrUnavailable) {

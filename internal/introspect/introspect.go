@@ -164,6 +164,17 @@ func (c *Client) Introspect(ctx context.Context, tok string) (*token.Claims, err
 	}
 }
 
+// Cached reports whether Introspect would answer tok from the cache (an
+// active or an inactive result not yet expired), without a request.
+func (c *Client) Cached(tok string) bool {
+	key := sha256.Sum256([]byte(tok))
+	now := c.cfg.Now()
+	c.mu.Lock()
+	e, ok := c.cache[key]
+	c.mu.Unlock()
+	return ok && now.Before(e.until) && (e.claims == nil || now.Before(e.claims.Expiry))
+}
+
 func (c *Client) fetch(ctx context.Context, tok string, key [32]byte) (*token.Claims, error) {
 	t := time.NewTimer(c.cfg.MaxInFlightWait)
 	select {
