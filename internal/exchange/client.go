@@ -66,6 +66,12 @@ type Config struct {
 	MaxEntries int
 	// Timeout bounds one STS call; default 10s.
 	Timeout time.Duration
+	// MaxInFlight bounds the token requests in flight at once; default 64.
+	// The subject tokens come from the application: many distinct ones at
+	// once must not become as many concurrent calls to the STS. A call that
+	// finds no free slot before its Timeout counts as the STS unavailable
+	// (a cached token, if any, is served).
+	MaxInFlight int
 	// HTTPClient replaces the mTLS client built from Roots and SVID
 	// (tests). Tokens are then not pinned to the certificate in SVID.
 	HTTPClient *http.Client
@@ -113,6 +119,7 @@ type Client struct {
 	cache map[string]*entry
 
 	group singleflight.Group
+	slots chan struct{} // MaxInFlight
 
 	tmu  sync.Mutex
 	cur  atomic.Pointer[pinned] // STS client for the current certificate
@@ -149,6 +156,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = DefaultMaxEntries
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 64
+	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
@@ -173,7 +183,7 @@ func New(cfg Config) (*Client, error) {
 			return nil, errors.New("exchange: TrustDomain is required")
 		}
 	}
-	return &Client{cfg: cfg, endpoint: u.String(), host: u.Hostname(), log: cfg.Logger, cache: map[string]*entry{}}, nil
+	return &Client{cfg: cfg, endpoint: u.String(), host: u.Hostname(), log: cfg.Logger, cache: map[string]*entry{}, slots: make(chan struct{}, cfg.MaxInFlight)}, nil
 }
 
 // Exchange returns a token for audience on behalf of the subject token (RFC
@@ -270,7 +280,7 @@ func (c *Client) fetch(ctx context.Context, req request) (*Token, error) {
 	if cached != nil && now.Before(cached.refreshAt) {
 		return cached.tok, nil // a flight that just ended filled it
 	}
-	tok, err := c.call(ctx, req)
+	tok, err := c.callLimited(ctx, req)
 	switch {
 	case err == nil:
 		c.issued.Add(1)
@@ -292,6 +302,17 @@ func (c *Client) fetch(ctx context.Context, req request) (*Token, error) {
 		c.remove(req.key)
 		return nil, err
 	}
+}
+
+// callLimited is call within MaxInFlight.
+func (c *Client) callLimited(ctx context.Context, req request) (*Token, error) {
+	select {
+	case c.slots <- struct{}{}:
+		defer func() { <-c.slots }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %d token requests already in flight", ErrUnavailable, cap(c.slots))
+	}
+	return c.call(ctx, req)
 }
 
 func (c *Client) lookup(key string) *entry {

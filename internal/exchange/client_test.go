@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -465,5 +466,49 @@ func TestRedirectNotFollowed(t *testing.T) {
 	}
 	if n := leaked.Load(); n != 0 {
 		t.Errorf("the redirect was followed: %d requests elsewhere", n)
+	}
+}
+
+// Many distinct subject tokens at once become at most MaxInFlight calls to
+// the STS; the others count as the STS unavailable once their Timeout ends.
+func TestMaxInFlight(t *testing.T) {
+	ca := testca.New(t, td)
+	f := newFakeSTS(t, ca)
+	f.gate = make(chan struct{})
+	src := newSVIDSource(t, ca, clientID)
+	clk := newClock()
+	c, err := New(Config{
+		TokenEndpoint: f.endpoint(),
+		Roots:         x509bundle.FromX509Authorities(ca.TrustDomain, []*x509.Certificate{ca.Cert}),
+		TrustDomain:   ca.TrustDomain,
+		SVID:          src,
+		Now:           clk.Now,
+		MaxInFlight:   2,
+		Timeout:       300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	var unavailable atomic.Int64
+	for i := range 6 {
+		wg.Go(func() {
+			if _, err := c.Exchange(context.Background(), fmt.Sprintf("subject-%d", i), invAud); errors.Is(err, ErrUnavailable) {
+				unavailable.Add(1)
+			}
+		})
+	}
+	// Hold the two calls until the four others have given up.
+	for deadline := time.Now().Add(10 * time.Second); unavailable.Load() < 4 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(f.gate)
+	wg.Wait()
+	if n := f.calls.Load(); n > 2 {
+		t.Errorf("%d calls reached the STS, want at most 2", n)
+	}
+	if u := unavailable.Load(); u < 4 {
+		t.Errorf("%d exchanges unavailable, want at least 4", u)
 	}
 }
