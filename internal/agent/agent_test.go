@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -552,9 +553,20 @@ func TestRenewAt(t *testing.T) {
 	}
 }
 
+// fakeJWTBundle is the JWT bundle the fake server signs JWT-SVIDs with.
+func fakeJWTBundle(t *testing.T, fs *fakeServer) *jwtbundle.Bundle {
+	t.Helper()
+	b := jwtbundle.New(spiffeid.RequireTrustDomainFromString(testTD))
+	if err := b.AddJWTAuthority("k1", fs.jwtKey.Public()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestJWTCacheBounded(t *testing.T) {
 	fs := newFakeServer(t, newClock(), webEntry())
 	a := &Agent{cfg: Config{Now: fs.clock.Now, RequestTimeout: time.Second, MaxJWTCache: 3}, server: fs, jwts: map[string]*jwtEntry{}}
+	a.bundle.jwt = fakeJWTBundle(t, fs)
 	for i := range 10 {
 		if _, err := a.jwtSVID(context.Background(), webID, []string{string(rune('a' + i))}); err != nil {
 			t.Fatal(err)
@@ -608,7 +620,11 @@ func TestKubernetesTokenAttestation(t *testing.T) {
 // for a Workload without selectors: no local process could ever match it.
 func TestNoSVIDForUnmatchableEntries(t *testing.T) {
 	bare := Entry{SPIFFEID: "spiffe://example.org/ns/x/sa/bare"}
-	fs := newFakeServer(t, newClock(), webEntry(), bare)
+	// A server that listed its own identity as a workload is not followed:
+	// a local process must never hold /postern/server.
+	reserved := webEntry()
+	reserved.SPIFFEID = "spiffe://example.org/postern/server"
+	fs := newFakeServer(t, newClock(), webEntry(), bare, reserved)
 	att := &fakeAttestor{}
 	att.set(unix("uid:1000"), unix("gid:1000"))
 	h := startAgent(t, fs, att)
@@ -617,6 +633,30 @@ func TestNoSVIDForUnmatchableEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n, _, _ := fs.stats(); n != 1 {
-		t.Fatalf("%d X.509-SVIDs requested, want 1 (none for the entry without selectors)", n)
+		t.Fatalf("%d X.509-SVIDs requested, want 1 (none for the entry without selectors or the reserved one)", n)
+	}
+}
+
+// The agent checks the server's JWT-SVID as any relying party would before
+// caching or serving it: the identity and audiences asked for, a signature
+// of the trust domain, and its own exp.
+func TestJWTSVIDFromTheServerIsChecked(t *testing.T) {
+	fs := newFakeServer(t, newClock(), webEntry())
+	a := &Agent{cfg: Config{Now: fs.clock.Now, RequestTimeout: time.Second, MaxJWTCache: 8}, server: fs, jwts: map[string]*jwtEntry{}}
+	if _, err := a.jwtSVID(context.Background(), webID, []string{"api"}); err == nil || !strings.Contains(err.Error(), "no JWT bundle yet") {
+		t.Errorf("without a JWT bundle: %v", err)
+	}
+	a.bundle.jwt = fakeJWTBundle(t, fs)
+	if _, err := a.jwtSVID(context.Background(), webID, []string{"api"}); err != nil {
+		t.Fatalf("a good token: %v", err)
+	}
+	other := newFakeServer(t, newClock(), webEntry()) // signs with another key
+	a.server = other
+	a.jwts = map[string]*jwtEntry{}
+	if _, err := a.jwtSVID(context.Background(), webID, []string{"api"}); err == nil || !strings.Contains(err.Error(), "does not validate") {
+		t.Errorf("a token signed by a key not in the bundle: %v", err)
+	}
+	if !sameSet([]string{"a", "b"}, []string{"b", "a"}) || sameSet([]string{"a"}, []string{"a", "b"}) || sameSet([]string{"a", "a"}, []string{"a", "b"}) {
+		t.Error("sameSet")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 )
 
 // maxEntries bounds the Workload entries the agent holds.
@@ -234,6 +235,14 @@ func (a *Agent) refreshWorkloads(ctx context.Context) error {
 		id, err := spiffeid.FromString(e.SPIFFEID)
 		if err != nil || id.TrustDomain() != td {
 			a.cfg.Logger.Warn("agent: ignoring workload entry with an invalid SPIFFE ID", "spiffe_id", truncate(e.SPIFFEID, 256))
+			continue
+		}
+		if p := id.Path(); p == "/postern" || strings.HasPrefix(p, "/postern/") {
+			// The server's and agents' identities are never a workload's:
+			// a local process holding /postern/server could pose as the
+			// server to other nodes. The server never lists them; a
+			// server that did is not followed.
+			a.cfg.Logger.Warn("agent: ignoring workload entry with a reserved SPIFFE ID", "spiffe_id", id.String())
 			continue
 		}
 		if !servable(e.Selectors) {
@@ -471,6 +480,27 @@ func (a *Agent) jwtSVID(ctx context.Context, id string, aud []string) (string, e
 		}
 		return "", fmt.Errorf("agent: JWT-SVID: %w", err)
 	}
+	// The server's token is checked as any relying party would, before it
+	// is cached or served: signed by this trust domain, for exactly the
+	// identity and audiences asked, and not expired (by its own exp).
+	a.mu.Lock()
+	own := a.bundle.jwt
+	a.mu.Unlock()
+	if own == nil {
+		return "", errors.New("agent: JWT-SVID: no JWT bundle yet to check the server's token with")
+	}
+	svid, err := jwtsvid.ParseAndValidate(tok, jwtbundle.NewSet(own), aud)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("agent: JWT-SVID: the server's token does not validate: %w", err)
+	case svid.ID.String() != id:
+		return "", fmt.Errorf("agent: JWT-SVID: the server returned a token for %s, not %s", svid.ID, id)
+	case !sameSet(svid.Audience, aud):
+		return "", fmt.Errorf("agent: JWT-SVID: the server returned a token for audiences %q, not %q", svid.Audience, aud)
+	}
+	if svid.Expiry.Before(exp) {
+		exp = svid.Expiry
+	}
 	now = a.cfg.Now()
 	if !now.Before(exp) {
 		return "", errors.New("agent: JWT-SVID: server returned an expired token")
@@ -493,4 +523,22 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := make(map[string]int, len(a))
+	for _, s := range a {
+		seen[s]++
+	}
+	for _, s := range b {
+		if seen[s] == 0 {
+			return false
+		}
+		seen[s]--
+	}
+	return true
 }

@@ -25,8 +25,12 @@ import (
 	"postern.dev/postern/internal/strictyaml"
 )
 
-// MaxSVIDTTL bounds a Workload's svidTTL.
-const MaxSVIDTTL = 24 * time.Hour
+// MinSVIDTTL and MaxSVIDTTL bound a Workload's svidTTL: renewal happens at
+// half-life, less jitter, so a very short lifetime would renew in a loop.
+const (
+	MinSVIDTTL = 5 * time.Minute
+	MaxSVIDTTL = 24 * time.Hour
+)
 
 // MaxFileSize bounds one resource file.
 const MaxFileSize = 1 << 20
@@ -452,6 +456,8 @@ func (l *loader) workload(f *fileCtx, d *document[workloadSpec]) {
 	nonEmpty(f, "spec.dnsNames", "dnsNames", s.DNSNames)
 	if w.SVIDTTL < 0 {
 		f.report("spec.svidTTL", "svidTTL: must be positive")
+	} else if w.SVIDTTL > 0 && w.SVIDTTL < MinSVIDTTL {
+		f.report("spec.svidTTL", fmt.Sprintf("svidTTL: %s is shorter than %s (SVIDs are renewed at half-life)", w.SVIDTTL, MinSVIDTTL))
 	} else if w.SVIDTTL > MaxSVIDTTL {
 		f.report("spec.svidTTL", fmt.Sprintf("svidTTL: %s is longer than %s; short-lived SVIDs are the point (renewal is automatic)", w.SVIDTTL, MaxSVIDTTL))
 	}

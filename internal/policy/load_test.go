@@ -48,6 +48,11 @@ func TestParseProblems(t *testing.T) {
 			want: []string{`f.yaml:6: selectors: unix selectors need a uid: or user: selector; path: and sha256: alone do not tell apart processes of different users`},
 		},
 		{
+			name: "svidTTL too short",
+			yaml: "apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec:\n  spiffeID: spiffe://td.test/w\n  svidTTL: 30s\n",
+			want: []string{`f.yaml:6: svidTTL: 30s is shorter than 5m0s (SVIDs are renewed at half-life)`},
+		},
+		{
 			name: "svidTTL too long",
 			yaml: "apiVersion: postern.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec:\n  spiffeID: spiffe://td.test/w\n  svidTTL: 720h\n",
 			want: []string{`f.yaml:6: svidTTL: 720h0m0s is longer than 24h0m0s; short-lived SVIDs are the point (renewal is automatic)`},

@@ -222,7 +222,10 @@ func (s *AttestedSource) Run(ctx context.Context) {
 	backoff := time.Second
 	bundleAt := s.now()
 	for {
-		wait := s.untilRenewal()
+		// At least a second between renewals: an SVID whose half-life is
+		// already past when issued (a very short lifetime, an authority
+		// about to expire) must not make this a loop of requests.
+		wait := max(s.untilRenewal(), time.Second)
 		if d := bundleAt.Sub(s.now()); d < wait {
 			wait = max(d, 0)
 		}
