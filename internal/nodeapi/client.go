@@ -39,6 +39,9 @@ type ClientConfig struct {
 	// HTTPClient replaces the client built from Roots and
 	// GetClientCertificate (tests).
 	HTTPClient *http.Client
+	// TrustDomain, when set, is the trust domain the server's SPIFFE ID
+	// must be in, besides its path being ServerPath.
+	TrustDomain spiffeid.TrustDomain
 }
 
 // Client calls the node API. It is safe for concurrent use.
@@ -119,6 +122,9 @@ func (c *Client) newHTTPClient(roots *x509.CertPool) *http.Client {
 			id, err := x509svid.IDFromCert(cs.PeerCertificates[0])
 			if err != nil || id.Path() != ServerPath {
 				return fmt.Errorf("nodeapi: the server's certificate is not the postern server's (want a SPIFFE ID ending in %s)", ServerPath)
+			}
+			if td := c.cfg.TrustDomain; !td.IsZero() && id.TrustDomain() != td {
+				return fmt.Errorf("nodeapi: the server's certificate is for trust domain %s, not %s", id.TrustDomain(), td)
 			}
 			return nil
 		},

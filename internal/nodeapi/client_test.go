@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"postern.dev/postern/internal/testca"
 )
 
@@ -252,4 +254,23 @@ func TestClientResponses(t *testing.T) {
 func attestCall(c *Client) error {
 	_, err := c.Attest(context.Background(), MethodJoinToken, "t", RoleAgent, []byte{1})
 	return err
+}
+
+// With a TrustDomain, the server's SPIFFE ID must be in it too.
+func TestClientPinsServerTrustDomain(t *testing.T) {
+	tca := testca.New(t, "example.org")
+	hit := false
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hit = true }))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{tca.ServerSVID(t, "spiffe://example.org/postern/server")}}
+	srv.StartTLS()
+	defer srv.Close()
+	c, err := NewClient(ClientConfig{ServerURL: srv.URL, Roots: tca.Pool(), TrustDomain: spiffeid.RequireTrustDomainFromString("other.org")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	_, err = c.Attest(context.Background(), MethodJoinToken, "the-token", RoleAgent, csrFor(t, newKey(t)))
+	if err == nil || !strings.Contains(err.Error(), "is for trust domain example.org, not other.org") || hit {
+		t.Errorf("err = %v, reached the server: %v", err, hit)
+	}
 }

@@ -92,6 +92,7 @@ func NewAttestedSource(ctx context.Context, cfg AttestSource, td spiffeid.TrustD
 	s.client, err = nodeapi.NewClient(nodeapi.ClientConfig{
 		ServerURL: cfg.Server, Roots: poolOf(roots),
 		GetClientCertificate: s.clientCertificate,
+		TrustDomain:          td,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: attest: %w", err)
