@@ -301,6 +301,14 @@ func (s *AttestedSource) refreshBundle(ctx context.Context) error {
 	if len(xb.X509Authorities()) == 0 {
 		return errors.New("the bundle has no X.509 authorities")
 	}
+	// A bundle without the authority of the SVID this sidecar holds would
+	// lock it out (the server's certificate, and renewal, chain to the
+	// same roots): keep the last one until a renewed SVID chains to it.
+	// Checked at the leaf's start of validity, so an expired SVID does not
+	// block every update.
+	if err := holdsAuthorityOf(xb, s.svid.Load()); err != nil {
+		return err
+	}
 	s.bundle.Store(xb)
 	return s.client.SetRoots(poolOf(xb))
 }
@@ -323,4 +331,18 @@ func svidCertificate(sv *x509svid.SVID) *tls.Certificate {
 		c.Certificate = append(c.Certificate, x.Raw)
 	}
 	return c
+}
+
+// holdsAuthorityOf reports an error when bundle cannot verify sv's chain
+// (checked at the leaf's start of validity, so that an expired SVID does
+// not block every bundle update). A nil sv passes.
+func holdsAuthorityOf(bundle *x509bundle.Bundle, sv *x509svid.SVID) error {
+	if sv == nil || len(sv.Certificates) == 0 {
+		return nil
+	}
+	at := sv.Certificates[0].NotBefore.Add(time.Second)
+	if _, _, err := x509svid.Verify(sv.Certificates, bundle, x509svid.WithTime(at)); err != nil {
+		return fmt.Errorf("the new bundle does not hold the authority of this sidecar's SVID; keeping the last one: %w", err)
+	}
+	return nil
 }

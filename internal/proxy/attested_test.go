@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,10 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"postern.dev/postern/internal/attest"
 	"postern.dev/postern/internal/server"
+	"postern.dev/postern/internal/testca"
 	"postern.dev/postern/internal/testserver"
 )
 
@@ -142,5 +146,25 @@ func TestAttestedSourceJoinTokenInMemory(t *testing.T) {
 	defer src.Close()
 	if got := src.svid.Load().ID; got != attestID {
 		t.Errorf("SVID for %s, want %s", got, attestID)
+	}
+}
+
+// A bundle update without the authority of the SVID the sidecar holds is
+// refused (the sidecar would lock itself out); one that still holds it, or
+// any update before an SVID, passes.
+func TestBundleMustHoldTheSVIDsAuthority(t *testing.T) {
+	ca1, ca2 := testca.New(t, "quickstart.local"), testca.New(t, "quickstart.local")
+	s := ca1.SVID(t, attestID.String())
+	sv := &x509svid.SVID{ID: s.ID, Certificates: []*x509.Certificate{s.Cert}, PrivateKey: s.Key}
+	only2 := x509bundle.FromX509Authorities(attestTD, []*x509.Certificate{ca2.Cert})
+	both := x509bundle.FromX509Authorities(attestTD, []*x509.Certificate{ca1.Cert, ca2.Cert})
+	if err := holdsAuthorityOf(only2, sv); err == nil || !strings.Contains(err.Error(), "keeping the last one") {
+		t.Errorf("a bundle without the SVID's root: %v", err)
+	}
+	if err := holdsAuthorityOf(both, sv); err != nil {
+		t.Errorf("a bundle with it: %v", err)
+	}
+	if err := holdsAuthorityOf(only2, nil); err != nil {
+		t.Errorf("before any SVID: %v", err)
 	}
 }
