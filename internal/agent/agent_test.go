@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -658,5 +659,23 @@ func TestJWTSVIDFromTheServerIsChecked(t *testing.T) {
 	}
 	if !sameSet([]string{"a", "b"}, []string{"b", "a"}) || sameSet([]string{"a"}, []string{"a", "b"}) || sameSet([]string{"a", "a"}, []string{"a", "b"}) {
 		t.Error("sameSet")
+	}
+}
+
+// A bundle update without the authority of the agent's own SVID is refused
+// (the agent would lock itself out); the last bundle stays.
+func TestBundleMustHoldTheAgentsAuthority(t *testing.T) {
+	own := newFakeServer(t, newClock())
+	other := newFakeServer(t, newClock()) // another CA
+	cert := own.ca.SVID(t, "spiffe://example.org/postern/agent/node-1").TLSCertificate()
+	a := &Agent{cfg: Config{Now: own.clock.Now, RequestTimeout: time.Second, BundleInterval: time.Minute,
+		Logger: slog.New(slog.DiscardHandler)}, server: other, td: spiffeid.RequireTrustDomainFromString(testTD)}
+	a.agentCert.Store(&cert)
+	if err := a.refreshBundle(context.Background()); err == nil || !strings.Contains(err.Error(), "keeping the last one") {
+		t.Errorf("a bundle without the agent's root: %v", err)
+	}
+	a.server = own
+	if err := a.refreshBundle(context.Background()); err != nil {
+		t.Errorf("its own bundle: %v", err)
 	}
 }

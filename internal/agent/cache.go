@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // maxEntries bounds the Workload entries the agent holds.
@@ -176,6 +177,21 @@ func (a *Agent) refreshBundle(ctx context.Context) error {
 	}
 	if len(b.X509Authorities()) == 0 {
 		return errors.New("agent: bundle: no X.509 authorities")
+	}
+	// A bundle without the authority of the agent's own SVID would lock
+	// it out (the server's certificate and renewal chain to the same
+	// roots): keep the last one until a renewed SVID chains to the new one.
+	if c := a.agentCert.Load(); c != nil && c.Leaf != nil {
+		chain := []*x509.Certificate{c.Leaf}
+		for _, der := range c.Certificate[1:] {
+			if ic, err := x509.ParseCertificate(der); err == nil {
+				chain = append(chain, ic)
+			}
+		}
+		at := c.Leaf.NotBefore.Add(time.Second)
+		if _, _, err := x509svid.Verify(chain, b.X509Bundle(), x509svid.WithTime(at)); err != nil {
+			return fmt.Errorf("agent: bundle: it does not hold the authority of this agent's SVID; keeping the last one: %w", err)
+		}
 	}
 	a.setBundle(b.X509Authorities(), b.JWTBundle())
 	if err := a.refreshFederated(ctx); err != nil {
