@@ -49,7 +49,7 @@ func FuzzExtractToken(f *testing.F) {
 // FuzzCleanPath: an accepted path is absolute, clean, and decodes to what
 // the policy saw.
 func FuzzCleanPath(f *testing.F) {
-	for _, s := range []string{"/a/b", "/a/../b/", "//x/./y", "/a%2Fb", "/%2e%2e/admin", "/a\\b", "/orders/%20"} {
+	for _, s := range []string{"/a/b", "/a/../b/", "//x/./y", "/a%2Fb", "/%2e%2e/admin", "/a\\b", "/orders/%20", "/orders/x/..;/admin", "/a/.;v=1/b", "/a;v=1/b", "/%2e%2e%3bx/y"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, target string) {
@@ -70,6 +70,13 @@ func FuzzCleanPath(f *testing.F) {
 		}
 		if path.Clean(trimmed) != trimmed {
 			t.Fatalf("CleanPath(%q) = %q is not clean", target, p)
+		}
+		// No segment that a server dropping ";params" would read as a dot
+		// segment.
+		for seg := range strings.SplitSeq(p, "/") {
+			if s, _, ok := strings.Cut(seg, ";"); ok && (s == "." || s == "..") {
+				t.Fatalf("CleanPath(%q) = %q keeps a dot segment with parameters", target, p)
+			}
 		}
 	})
 }

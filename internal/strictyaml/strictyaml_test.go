@@ -164,6 +164,9 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add([]byte("dataDir: a\ndatadir: b\n"))
 	f.Add([]byte("a: &x [*x]\n"))
 	f.Add([]byte("---\n---\n"))
+	f.Add([]byte("port: 0443\nrate: .inf\ndebug: yes\n"))
+	f.Add([]byte("dataDir:\nlabels: {a: ~}\ntags: []\n"))
+	f.Add([]byte("extra: {keys: [1], \"\\u212Aeys\": [2], <<: {a: 1}}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) > 4096 {
 			return
