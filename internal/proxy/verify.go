@@ -162,8 +162,12 @@ func (c *VerdictCache) Verify(ctx context.Context, raw string, cert *x509.Certif
 	if err != nil {
 		return nil, err
 	}
-	if h, _, err := token.ParseUnverified(raw); err == nil {
-		v.kid = h.KeyID
+	if c.cfg.KeyHeld != nil {
+		// The kid as the verifier's JOSE library read it (the one whose
+		// key checked the signature), once per token.
+		if p, err := token.Parse(raw, 0); err == nil {
+			v.kid = p.KeyID()
+		}
 	}
 	c.store(key, v, now)
 	if err := claims.CheckBinding(cert); err != nil {

@@ -197,6 +197,10 @@ func Parse(raw string, maxSize int) (*Parsed, error) {
 	return p, nil
 }
 
+// KeyID returns the kid of the token's protected header as go-jose read
+// it: the key VerifyParsed looks up.
+func (p *Parsed) KeyID() string { return p.jws.Signatures[0].Header.KeyID }
+
 // UnverifiedIssuer returns the token's iss claim, unverified, or "" when
 // the payload does not decode. Use it only to choose a verifier.
 func (p *Parsed) UnverifiedIssuer() string {
