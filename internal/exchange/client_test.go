@@ -475,21 +475,7 @@ func TestMaxInFlight(t *testing.T) {
 	ca := testca.New(t, td)
 	f := newFakeSTS(t, ca)
 	f.gate = make(chan struct{})
-	src := newSVIDSource(t, ca, clientID)
-	clk := newClock()
-	c, err := New(Config{
-		TokenEndpoint: f.endpoint(),
-		Roots:         x509bundle.FromX509Authorities(ca.TrustDomain, []*x509.Certificate{ca.Cert}),
-		TrustDomain:   ca.TrustDomain,
-		SVID:          src,
-		Now:           clk.Now,
-		MaxInFlight:   2,
-		Timeout:       300 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, _ := newTestClient(t, ca, f, newClock(), func(cfg *Config) { cfg.MaxInFlight, cfg.Timeout = 2, 300*time.Millisecond })
 	var wg sync.WaitGroup
 	var unavailable atomic.Int64
 	for i := range 6 {

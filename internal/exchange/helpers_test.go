@@ -179,16 +179,20 @@ func (c *clock) Add(d time.Duration) {
 }
 
 // newTestClient returns a client of f authenticating as clientID.
-func newTestClient(t *testing.T, ca *testca.CA, f *fakeSTS, clk *clock) (*Client, *svidSource) {
+func newTestClient(t *testing.T, ca *testca.CA, f *fakeSTS, clk *clock, mods ...func(*Config)) (*Client, *svidSource) {
 	t.Helper()
 	src := newSVIDSource(t, ca, clientID)
-	c, err := New(Config{
+	cfg := Config{
 		TokenEndpoint: f.endpoint(),
 		Roots:         x509bundle.FromX509Authorities(ca.TrustDomain, []*x509.Certificate{ca.Cert}),
 		TrustDomain:   ca.TrustDomain,
 		SVID:          src,
 		Now:           clk.Now,
-	})
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
